@@ -1,0 +1,1 @@
+"""Experiment configs: plain Python files returning an ml_collections.ConfigDict."""

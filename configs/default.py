@@ -1,0 +1,109 @@
+"""Base config holding every key jaxres reads; other configs import and edit it.
+
+On its own it is the standard CIFAR-10 ResNet-18 recipe (see cifar10_resnet18.py).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config."""
+  c = ml_collections.ConfigDict()
+
+  # Data. `dataset` is a TFDS name ('cifar10', 'cifar100', or one written by
+  # `python -m jaxres.prepare_data`), or 'digits' (scikit-learn's bundled 8x8
+  # digits, no download).
+  c.dataset = 'cifar10'
+  c.data_dir = ''  # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.download = True  # let TFDS download when the dataset is not prepared yet
+  c.train_split = 'train'
+  c.eval_split = 'test'
+  c.validation_size = 0  # > 0: hold out the LAST N training examples as 'validation'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 0  # 0 = keep the stored size; else resize (bilinear) to this
+  c.data.mean = (0.4914, 0.4822, 0.4465)  # per-channel, on [0, 1] pixels
+  c.data.std = (0.2023, 0.1994, 0.2010)
+  c.data.crop_padding = 4  # pad-and-random-crop; 0 disables
+  c.data.padding_mode = 'constant'  # 'constant' (zeros) or 'reflect'
+  c.data.hflip = True
+
+  # Model (see jaxres/models.py for what each key does).
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 18  # 18/34/50/101/152, used when stage_sizes is empty
+  c.model.block = 'basic'  # 'basic' | 'bottleneck' | 'preact' (with stage_sizes)
+  c.model.stage_sizes = ()  # e.g. (2, 1, 1, 1)
+  c.model.stage_widths = ()  # default stem_width * 2**i
+  c.model.stage_strides = ()  # default (1, 2, 2, ...)
+  c.model.stem = 'cifar'  # 'cifar' | 'imagenet' | 'deep' | 'conv7x7_bias'
+  c.model.stem_width = 64
+  c.model.stem_dropout = 0.0
+  c.model.shortcut = 'conv1x1'  # 'conv1x1' | 'conv3x3' | 'avgpool_conv1x1'
+  c.model.post_activation = True
+  c.model.bottleneck_stride_on = '3x3'  # '3x3' (ResNet-B) | '1x1' (v1)
+  c.model.block_dropout = 0.0
+  c.model.activation = 'relu'
+  c.model.head_pool = 'avg'  # 'avg' | 'max'
+  c.model.head_norm = False
+  c.model.conv_bias = False
+  c.model.kernel_init = 'kaiming_fan_out'
+  c.model.dense_init = 'pytorch'
+  c.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum=0.1
+  c.model.bn_epsilon = 1e-5
+  c.model.zero_init_residual = False
+
+  # Training.
+  c.seed = 0
+  c.batch_size = 128  # global, over all devices of all hosts
+  c.eval_batch_size = 500
+  c.num_epochs = 200
+  c.num_train_steps = -1  # > 0: stop after this many steps (quick runs)
+  c.dtype = 'float32'  # or 'bfloat16' (params, BN stats and loss stay float32)
+  c.label_smoothing = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'sgd'  # 'sgd' | 'adam'
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 5e-4
+  # 'coupled': L2 added to the gradient (PyTorch weight_decay);
+  # 'decoupled': AdamW-style; 'loss': wd * sum(kernel**2) added to the loss.
+  c.optimizer.weight_decay_mode = 'coupled'
+  c.optimizer.grad_clip_value = 0.0  # > 0: clip each gradient element
+  c.optimizer.grad_clip_norm = 0.0  # > 0: clip by global norm
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = 'warmup_cosine'  # 'warmup_cosine' | 'constant'
+  c.schedule.learning_rate = 0.1
+  c.schedule.warmup_epochs = 5.0
+  c.schedule.end_learning_rate = 0.0
+
+  # Logging, evaluation, checkpoints.
+  c.log_every_steps = 100
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1
+  c.eval.checkpoint = 'latest'  # for --mode=eval: 'latest' | 'best' | a step | a path
+  c.eval.split = ''  # '' = eval_split
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_epochs = 1
+  c.checkpoint.max_to_keep = 3  # the last k, plus the best by best_metric
+  c.checkpoint.best_metric = 'eval_accuracy'
+  c.checkpoint.async_save = True
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ''
+  c.predict.output = ''
+
+  c.init_from = ''
+
+  # Multi-process start-up; empty = auto-detect a cluster (see README).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.cpu_collectives = ''  # 'gloo' for several CPU processes
+  return c

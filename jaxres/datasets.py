@@ -1,0 +1,163 @@
+"""Host-side data: load a whole image-classification data set into memory.
+
+CIFAR-sized data sets fit in host and device memory many times over, so jaxres
+reads them once into uint8 arrays (``ImageDataset``) and does everything else
+(shuffling, augmentation, batching) on the device; see ``input_pipeline``.
+
+Sources: any TFDS dataset with ``image`` and ``label`` features (``cifar10``,
+``cifar100``, or one written by ``python -m jaxres.prepare_data``), scikit-
+learn's bundled ``digits`` (no download), or NumPy arrays you already hold
+(``ImageDataset.from_arrays``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+
+class DataError(ValueError):
+    """Data that cannot be loaded; the message names the cause and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """A labelled train split and an eval split, as uint8 NHWC arrays in memory."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    eval_images: np.ndarray
+    eval_labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    @classmethod
+    def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                    y_test: np.ndarray, class_names: Sequence[str] | None = None) -> 'ImageDataset':
+        """Wraps NumPy arrays: images (N,H,W), (N,H,W,1) or (N,H,W,3), uint8 or float.
+
+        Float images are taken as [0, 1] when their maximum is <= 1, else [0, 255].
+        """
+        x_train, x_test = _as_uint8_nhwc(x_train, 'x_train'), _as_uint8_nhwc(x_test, 'x_test')
+        y_train = np.asarray(y_train).astype(np.int32).reshape(-1)
+        y_test = np.asarray(y_test).astype(np.int32).reshape(-1)
+        if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+            raise DataError(f'images and labels differ in length: x_train {len(x_train)}, '
+                            f'y_train {len(y_train)}, x_test {len(x_test)}, y_test {len(y_test)}.')
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise DataError(f'train images are {x_train.shape[1:]}, test images '
+                            f'{x_test.shape[1:]}: both splits need one image shape.')
+        n = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+        names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(n))
+        if len(names) < n or y_train.min(initial=0) < 0 or y_test.min(initial=0) < 0:
+            raise DataError(f'labels must lie in [0, {len(names)}); got max {n - 1}.')
+        empty = sorted(set(range(len(names))) - set(np.unique(y_train).tolist()))
+        if empty:
+            raise DataError(f'classes {[names[i] for i in empty]} have no training example.')
+        return cls(x_train, y_train, x_test, y_test, names)
+
+    def split_validation(self, size: int) -> 'ImageDataset':
+        """Holds out the last ``size`` training examples as the eval split."""
+        if not 0 < size < len(self.train_labels):
+            raise DataError(f'validation_size={size} must be in (0, {len(self.train_labels)}).')
+        return dataclasses.replace(
+            self, train_images=self.train_images[:-size], train_labels=self.train_labels[:-size],
+            eval_images=self.train_images[-size:], eval_labels=self.train_labels[-size:])
+
+
+def _as_uint8_nhwc(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f'{name} has shape {x.shape}; expected (N, H, W), (N, H, W, 1) '
+                        'or (N, H, W, 3).')
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f'{name} has dtype {x.dtype}; expected uint8 or float images.')
+    scale = 255.0 if x.max(initial=0) <= 1.0 else 1.0
+    return np.clip(np.round(x.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- #
+# Sources
+# --------------------------------------------------------------------------- #
+def load_digits(test_size: int = 360, seed: int = 0) -> ImageDataset:
+    """scikit-learn's 1,797 8x8 digits, as 8x8x1 uint8 images.
+
+    Fixed split: a permutation with ``np.random.default_rng(seed)``; the last
+    ``test_size`` images of it are the test set (360 by default, 20%).
+    """
+    from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+
+    digits = sk_datasets.load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:-test_size], order[-test_size:]
+    return ImageDataset.from_arrays(images[train], digits.target[train], images[test],
+                                    digits.target[test], [str(i) for i in range(10)])
+
+
+def load_tfds(name: str, train_split: str, eval_split: str, data_dir: str | None,
+              download: bool) -> ImageDataset:
+    """Reads two splits of a TFDS dataset whole into memory."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    data_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or None
+    fix = (f'Prepare it offline with\n  python -m jaxres.prepare_data --source '
+           f'PATH_TO_{name.upper()}_ARCHIVE_OR_IMAGE_FOLDER --data_dir '
+           f'{data_dir or "~/tensorflow_datasets"}'
+           + ('' if name in ('cifar10', 'cifar100') else f' --name {name}')
+           + '\nand pass --config.data_dir=DIR if you used another DIR.')
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception:  # DatasetNotFoundError lists the whole catalogue: too long.
+        raise DataError(f'dataset {name!r} is neither in TFDS nor prepared in '
+                        f'{data_dir or "the default TFDS data dir"}. {fix}') from None
+    if not builder.is_prepared():
+        if not download:
+            raise DataError(f'dataset {name!r} is not prepared in {builder.data_dir} and '
+                            f'downloads are off (config.download=False). {fix}')
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # network errors come in many types
+            raise DataError(f'dataset {name!r} is not in {builder.data_dir} and could not be '
+                            f'downloaded ({type(e).__name__}: {str(e)[:200]}). {fix}') from None
+    features = builder.info.features
+    if 'image' not in features or 'label' not in features:
+        raise DataError(f'dataset {name!r} has no image/label features: {list(features)}.')
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in builder.info.splits:
+            raise DataError(f'dataset {name!r} has no split {split!r}; it has '
+                            f'{sorted(builder.info.splits)}.')
+        d = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+        return d['image'], d['label']
+
+    x_train, y_train = read(train_split)
+    x_eval, y_eval = read(eval_split)
+    return ImageDataset.from_arrays(x_train, y_train, x_eval, y_eval, features['label'].names)
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
+    """The data set named by ``config.dataset``, with the validation split applied."""
+    if config.dataset == 'digits':
+        ds = load_digits()
+    else:
+        ds = load_tfds(config.dataset, config.train_split, config.eval_split,
+                       config.data_dir or None, config.download)
+    if config.validation_size > 0:
+        ds = ds.split_validation(config.validation_size)
+    return ds

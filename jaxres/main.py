@@ -1,0 +1,120 @@
+"""Entry points behind ``launch.py``: one function per ``--mode``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import jax
+import ml_collections
+
+from jaxres import checkpointing, config_validation, datasets, input_pipeline, sharding
+from jaxres import summary, train
+
+# What a dataset name implies when the data is not loaded (summary mode).
+_KNOWN_SHAPES = {'cifar10': (10, (32, 32, 3)), 'cifar100': (100, (32, 32, 3)),
+                 'digits': (10, (8, 8, 1))}
+
+USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
+               checkpointing.CheckpointError, train.NonFiniteLossError)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Restores ``config.eval.checkpoint`` and evaluates it; writes eval_results.json.
+
+    ``eval.checkpoint`` is 'latest', 'best', a step, or a path to a checkpoints
+    directory (or one step directory inside it) copied from another machine.
+    """
+    config_validation.validate(config)
+    if config.eval.split:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.eval_split = config.eval.split
+            if config.eval.split != 'validation':
+                config.validation_size = 0
+    ds = datasets.load_dataset(config)
+    mesh = sharding.make_data_mesh()
+    trainer = train.Trainer.build(config, ds, mesh)
+    which = str(config.eval.checkpoint)
+    directory = checkpointing.checkpoint_dir(workdir)
+    if os.path.isdir(which):  # a copied checkpoints dir, or one step inside it
+        base = os.path.basename(os.path.normpath(which))
+        directory, which = ((os.path.dirname(os.path.normpath(which)), base) if base.isdigit()
+                            else (which, 'latest'))
+    if not os.path.isdir(directory):
+        raise checkpointing.CheckpointError(
+            f'no checkpoint directory {directory}. Train first (--mode=train with this '
+            '--workdir) or pass --config.eval.checkpoint=PATH.')
+    manager = checkpointing.create_manager(directory, read_only=True)
+    step = checkpointing.resolve_step(manager, which, config.checkpoint.best_metric)
+    state = checkpointing.restore_state(manager, step, trainer.abstract_state())
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    results = dict(trainer.evaluate(state, data), step=int(step), split=config.eval_split,
+                   checkpoint=os.path.join(directory, str(step)))
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        train.write_json(os.path.join(workdir, 'eval_results.json'), results)
+    return results
+
+
+def summarize(config: ml_collections.ConfigDict) -> str:
+    config_validation.validate(config)
+    if config.dataset in _KNOWN_SHAPES:
+        num_classes, shape = _KNOWN_SHAPES[config.dataset]
+    else:
+        ds = datasets.load_dataset(config)
+        num_classes, shape = ds.num_classes, ds.image_shape
+    return summary.model_summary(config, num_classes, shape)
+
+
+class _DropLibraryChatter(logging.Filter):
+    """Hides Orbax/TFDS INFO lines so progress and metrics stay readable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = ('orbax' in record.pathname or 'tensorflow_datasets' in record.pathname)
+        return record.levelno >= logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+    for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
+        handler.addFilter(_DropLibraryChatter())
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
+    """Runs one mode; user mistakes become one 'error:' line and exit status 2."""
+    quiet_library_logs()
+    try:
+        sharding.maybe_initialize_distributed(config)
+        if mode == 'train':
+            results = train.train_and_evaluate(config, workdir)
+            _print_results(results, workdir)
+        elif mode == 'eval':
+            results = evaluate_checkpoint(config, workdir)
+            _print_results(results, workdir)
+        elif mode == 'summary':
+            print(summarize(config))
+        elif mode == 'predict':
+            from jaxres import predict  # pylint: disable=g-import-not-at-top
+            print(predict.predict_to_file(config, workdir))
+        else:
+            raise config_validation.ConfigError(
+                f'--mode={mode!r} is not valid; choose train, eval, predict or summary.')
+    except USER_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except train.Preempted as e:
+        print(str(e), file=sys.stderr)
+        return train.PREEMPTED_EXIT_CODE
+    return 0
+
+
+def _print_results(results: dict, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    print(f"step {results['step']}: {results['split']} accuracy {results['accuracy']:.4f}, "
+          f"top-5 {results['top5_accuracy']:.4f}, loss {results['loss']:.4f} on "
+          f"{results['num_examples']} examples. Results: "
+          f"{os.path.join(os.path.abspath(workdir), 'eval_results.json')}")
+    logging.info('eval results: %s', {k: v for k, v in results.items()
+                                       if k not in ('confusion_matrix', 'per_class_accuracy')})

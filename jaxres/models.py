@@ -1,0 +1,385 @@
+"""ResNet family in Flax Linen, assembled from small interchangeable parts.
+
+Every model is ``stem -> stages of blocks -> head``.  Convolution, normalisation,
+activation, the shortcut kind and the block kind are all passed in, so the seed
+variants (kuangliu CIFAR ResNets, ResNet-B bottlenecks, 3x3-shortcut nets,
+pre-activation units, torchvision ImageNet layout) are configuration, not copies.
+
+Usage (pure functions, explicit ``train`` flag)::
+
+    model = create_model(config.model, num_classes=10)
+    variables = model.init(rng, images, train=False)
+    logits, updates = model.apply(variables, images, train=True,
+                                  mutable=['batch_stats'], rngs={'dropout': key})
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+ModuleDef = Any
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'relu': nn.relu,
+    'elu': nn.elu,
+    'gelu': nn.gelu,
+    'silu': nn.silu,
+}
+
+# Initialisers by the name the seeds use for them.
+#   pytorch: PyTorch's default for Conv/Linear, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+#   kaiming_fan_out: torchvision's ResNet conv init, N(0, 2/fan_out).
+#   he_normal: Keras' he_normal, truncated N(0, 2/fan_in).
+KERNEL_INITS: dict[str, Callable[..., Any]] = {
+    'pytorch': nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+    'kaiming_fan_out': nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+    'he_normal': nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
+    'lecun_normal': nn.initializers.lecun_normal(),
+}
+
+
+def pytorch_bias_init(fan_in: int) -> Callable[..., Array]:
+    """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / jnp.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BiasConv(nn.Module):
+    """Conv whose bias init depends on fan-in (PyTorch/Keras-style biased conv)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Any = 'SAME'
+    kernel_init: Callable[..., Any] = KERNEL_INITS['pytorch']
+    bias_init_kind: str = 'pytorch'
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        fan_in = x.shape[-1] * self.kernel_size[0] * self.kernel_size[1]
+        bias_init = (pytorch_bias_init(fan_in) if self.bias_init_kind == 'pytorch'
+                     else nn.initializers.zeros)
+        return nn.Conv(self.features, self.kernel_size, self.strides, self.padding,
+                       use_bias=True, kernel_init=self.kernel_init,
+                       bias_init=bias_init, dtype=self.dtype)(x)
+
+
+# --------------------------------------------------------------------------- #
+# Shortcuts
+# --------------------------------------------------------------------------- #
+class Shortcut(nn.Module):
+    """Projection shortcut used where the block changes shape.
+
+    kind: 'conv1x1' (ResNet v1/B, kuangliu, torchvision), 'conv3x3' (seed 004),
+    'avgpool_conv1x1' (Bag-of-Tricks ResNet-D: avg-pool the stride, then 1x1).
+    """
+
+    features: int
+    strides: int
+    kind: str
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = (self.strides, self.strides)
+        if self.kind == 'conv1x1':
+            x = self.conv(self.features, (1, 1), s, name='conv')(x)
+        elif self.kind == 'conv3x3':
+            x = self.conv(self.features, (3, 3), s, name='conv')(x)
+        elif self.kind == 'avgpool_conv1x1':
+            if self.strides > 1:
+                x = nn.avg_pool(x, s, s, padding='SAME')
+            x = self.conv(self.features, (1, 1), name='conv')(x)
+        else:
+            raise ValueError(f'unknown shortcut kind {self.kind!r}')
+        return self.norm(name='bn')(x)
+
+
+# --------------------------------------------------------------------------- #
+# Blocks
+# --------------------------------------------------------------------------- #
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; stride on the first; projection shortcut on shape change."""
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+    shortcut: str = 'conv1x1'
+    post_activation: bool = True
+    zero_init_residual: bool = False
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        residual = x
+        y = self.conv(self.features, (3, 3), (self.strides, self.strides), name='conv1')(x)
+        y = self.act(self.norm(name='bn1')(y))
+        y = self.conv(self.features, (3, 3), name='conv2')(y)
+        y = self.norm(name='bn2', **_zero_scale(self.zero_init_residual))(y)
+        if residual.shape != y.shape:
+            residual = Shortcut(self.features, self.strides, self.shortcut, self.conv,
+                                self.norm, name='shortcut')(residual)
+        y = residual + y
+        return self.act(y) if self.post_activation else y
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 -> 1x1 expand (x4).
+
+    stride_on='3x3' is ResNet-B (seed 000, torchvision v1.5); '1x1' is the
+    original v1 block (stride on the first 1x1 conv, seed 000's baseline).
+    """
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+    shortcut: str = 'conv1x1'
+    post_activation: bool = True
+    zero_init_residual: bool = False
+    stride_on: str = '3x3'
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = (self.strides, self.strides)
+        s1, s3 = ((1, 1), s) if self.stride_on == '3x3' else (s, (1, 1))
+        residual = x
+        y = self.act(self.norm(name='bn1')(self.conv(self.features, (1, 1), s1, name='conv1')(x)))
+        y = self.act(self.norm(name='bn2')(self.conv(self.features, (3, 3), s3, name='conv2')(y)))
+        y = self.conv(self.features * self.expansion, (1, 1), name='conv3')(y)
+        y = self.norm(name='bn3', **_zero_scale(self.zero_init_residual))(y)
+        if residual.shape != y.shape:
+            residual = Shortcut(self.features * self.expansion, self.strides, self.shortcut,
+                                self.conv, self.norm, name='shortcut')(residual)
+        y = residual + y
+        return self.act(y) if self.post_activation else y
+
+
+class PreActUnit(nn.Module):
+    """Seed 003's pre-activation unit: two single-conv halves.
+
+    First half: x + conv3x3(act(BN(x))); in the first unit of a widening stage it
+    is instead conv1x1(x) (widen, stride 1) then conv3x3/stride(act(BN(x))) with
+    no skip.  Second half: x + Dropout(conv3x3(act(BN(x)))).
+    """
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+    dropout_rate: float = 0.0
+    train: bool = False
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = self.conv(self.features, (1, 1), name='widen')(x)
+            x = self.conv(self.features, (3, 3), (self.strides, self.strides),
+                          name='conv1')(self.act(self.norm(name='bn1')(x)))
+        else:
+            x = x + self.conv(self.features, (3, 3), name='conv1')(self.act(self.norm(name='bn1')(x)))
+        y = self.conv(self.features, (3, 3), name='conv2')(self.act(self.norm(name='bn2')(x)))
+        y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
+        return x + y
+
+
+def _zero_scale(enabled: bool) -> dict:
+    return {'scale_init': nn.initializers.zeros} if enabled else {}
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    'basic': BasicBlock,
+    'bottleneck': Bottleneck,
+    'preact': PreActUnit,
+}
+
+
+# --------------------------------------------------------------------------- #
+# Stems and heads
+# --------------------------------------------------------------------------- #
+class Stem(nn.Module):
+    """Input stem.
+
+    kind: 'cifar' conv3x3/1 + BN + act (kuangliu); 'imagenet' conv7x7/2 + BN +
+    act + maxpool3x3/2 (torchvision); 'deep' three 3x3 convs (ResNet-C);
+    'conv7x7_bias' a single biased 7x7/1 conv with no BN (seed 003).
+    """
+
+    features: int
+    kind: str
+    conv: ModuleDef
+    biased_conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+    dropout_rate: float = 0.0
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.kind == 'cifar':
+            x = self.act(self.norm(name='bn')(self.conv(self.features, (3, 3), name='conv')(x)))
+        elif self.kind == 'imagenet':
+            x = self.conv(self.features, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='conv')(x)
+            x = self.act(self.norm(name='bn')(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        elif self.kind == 'deep':
+            half = self.features // 2
+            for i, (f, s) in enumerate([(half, 1), (half, 1), (self.features, 1)]):
+                x = self.conv(f, (3, 3), (s, s), name=f'conv{i}')(x)
+                x = self.act(self.norm(name=f'bn{i}')(x))
+        elif self.kind == 'conv7x7_bias':
+            x = self.biased_conv(self.features, (7, 7), name='conv')(x)
+        else:
+            raise ValueError(f'unknown stem kind {self.kind!r}')
+        # Dropout2d: drop whole channels (mask broadcast over height and width).
+        return nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2),
+                          deterministic=not self.train)(x)
+
+
+# --------------------------------------------------------------------------- #
+# The network
+# --------------------------------------------------------------------------- #
+class ResNet(nn.Module):
+    """Generic ResNet: stem, stages of blocks, pooled linear head."""
+
+    num_classes: int
+    stage_sizes: Sequence[int]
+    stage_widths: Sequence[int]
+    stage_strides: Sequence[int]
+    block: str = 'basic'
+    stem: str = 'cifar'
+    stem_width: int = 64
+    stem_dropout: float = 0.0
+    shortcut: str = 'conv1x1'
+    post_activation: bool = True
+    bottleneck_stride_on: str = '3x3'
+    block_dropout: float = 0.0
+    activation: str = 'relu'
+    head_pool: str = 'avg'
+    head_norm: bool = False
+    conv_bias: bool = False
+    kernel_init: str = 'kaiming_fan_out'
+    dense_init: str = 'pytorch'
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        act = ACTIVATIONS[self.activation]
+        kinit = KERNEL_INITS[self.kernel_init]
+        biased_conv = functools.partial(BiasConv, kernel_init=kinit, dtype=self.dtype,
+                                        bias_init_kind='zeros' if self.kernel_init == 'he_normal' else 'pytorch')
+        if self.conv_bias:
+            conv = biased_conv
+        else:
+            conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kinit, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                 dtype=self.dtype)
+
+        x = x.astype(self.dtype)
+        x = Stem(self.stem_width, self.stem, conv, biased_conv, norm, act,
+                 dropout_rate=self.stem_dropout, train=train, name='stem')(x)
+        block_cls = BLOCKS[self.block]
+        for i, (n, width, stride) in enumerate(zip(self.stage_sizes, self.stage_widths,
+                                                    self.stage_strides)):
+            for j in range(n):
+                kwargs = dict(features=width, strides=stride if j == 0 else 1, conv=conv,
+                              norm=norm, act=act, name=f'stage{i + 1}_block{j + 1}')
+                if self.block == 'preact':
+                    kwargs.update(dropout_rate=self.block_dropout, train=train)
+                else:
+                    kwargs.update(shortcut=self.shortcut, post_activation=self.post_activation,
+                                  zero_init_residual=self.zero_init_residual)
+                    if self.block == 'bottleneck':
+                        kwargs.update(stride_on=self.bottleneck_stride_on)
+                x = block_cls(**kwargs)(x)
+        if self.head_norm:  # seed 003: BN (no activation) before pooling
+            x = norm(name='head_bn')(x)
+        x = jnp.max(x, axis=(1, 2)) if self.head_pool == 'max' else jnp.mean(x, axis=(1, 2))
+        dense_init = KERNEL_INITS[self.dense_init]
+        bias_init = (pytorch_bias_init(x.shape[-1]) if self.dense_init == 'pytorch'
+                     else nn.initializers.zeros)
+        x = nn.Dense(self.num_classes, kernel_init=dense_init, bias_init=bias_init,
+                     dtype=self.dtype, name='head')(x)
+        # The loss and softmax are taken in float32 whatever the compute dtype.
+        return x.astype(jnp.float32)
+
+
+# Named depths of the kuangliu / torchvision family.
+DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                 dtype: Any = jnp.float32) -> ResNet:
+    """Builds the ResNet described by ``config.model``.
+
+    ``model.depth`` (18/34/50/101/152) fills in block kind and stage sizes unless
+    ``model.stage_sizes`` is given explicitly (e.g. [2, 1, 1, 1]).
+    """
+    cfg = model_config
+    block, sizes = cfg.block, tuple(cfg.stage_sizes)
+    if not sizes:
+        block, sizes = DEPTHS[cfg.depth]
+    n = len(sizes)
+    widths = tuple(cfg.stage_widths) or tuple(cfg.stem_width * 2 ** i for i in range(n))
+    strides = tuple(cfg.stage_strides) or (1,) + (2,) * (n - 1)
+    return ResNet(
+        num_classes=num_classes,
+        stage_sizes=sizes,
+        stage_widths=widths,
+        stage_strides=strides,
+        block=block,
+        stem=cfg.stem,
+        stem_width=cfg.stem_width,
+        stem_dropout=cfg.stem_dropout,
+        shortcut=cfg.shortcut,
+        post_activation=cfg.post_activation,
+        bottleneck_stride_on=cfg.bottleneck_stride_on,
+        block_dropout=cfg.block_dropout,
+        activation=cfg.activation,
+        head_pool=cfg.head_pool,
+        head_norm=cfg.head_norm,
+        conv_bias=cfg.conv_bias,
+        kernel_init=cfg.kernel_init,
+        dense_init=cfg.dense_init,
+        bn_momentum=cfg.bn_momentum,
+        bn_epsilon=cfg.bn_epsilon,
+        zero_init_residual=cfg.zero_init_residual,
+        dtype=dtype,
+    )
+
+
+def count_params(params: Any) -> int:
+    """Number of trainable scalars in a params pytree (works on ShapeDtypeStructs)."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

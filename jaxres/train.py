@@ -1,0 +1,424 @@
+"""Train state, the pure train/eval steps, and the training loop.
+
+``train_step(state, batch) -> (state, metrics)`` and ``eval_step`` are plain
+functions; jit, shardings and buffer donation are applied in ``Trainer`` where
+they are used.  The loop runs under ``jax.transfer_guard('disallow')``: the
+only host<->device copies are the explicit ones on log, eval and checkpoint
+steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import periodic_actions
+from flax.training import train_state
+
+from jaxres import checkpointing, config_validation, datasets, input_pipeline, metric_logging
+from jaxres import models, optim, sharding
+
+Array = jax.Array
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue"
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BatchNorm running statistics."""
+
+    batch_stats: Any = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss; the message names the step and checkpoint."""
+
+
+# --------------------------------------------------------------------------- #
+# Pure functions
+# --------------------------------------------------------------------------- #
+def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+        if label_smoothing else jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
+               label_smoothing: float = 0.0, l2_weight: float = 0.0
+               ) -> tuple[TrainState, dict[str, Array]]:
+    """One SGD step on a global batch; returns the new state and scalar metrics."""
+    key = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+            mutable=['batch_stats'], rngs={'dropout': key})
+        loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+        total = loss + l2_weight * optim.l2_loss(params) if l2_weight else loss
+        return total, (loss, logits, updates['batch_stats'])
+
+    grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return state, {'loss': loss, 'accuracy': accuracy}
+
+
+def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip: bool = False
+              ) -> dict[str, Array]:
+    """Sums over the real (unmasked) examples of one batch: loss, top-1/5, confusion."""
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    logits = state.apply_fn(variables, batch['image'], train=False)
+    if tta_flip:  # average the probabilities of the image and its mirror image
+        flipped = state.apply_fn(variables, batch['image'][:, :, ::-1], train=False)
+        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(flipped)) / 2)
+    labels = batch['label']
+    num_classes = logits.shape[-1]
+    m = mask.astype(jnp.float32)
+    pred = jnp.argmax(logits, -1)
+    _, top5 = jax.lax.top_k(logits, min(5, num_classes))
+    return {
+        'loss': jnp.sum(cross_entropy(logits, labels) * m),
+        'correct': jnp.sum((pred == labels) * m),
+        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * m),
+        'count': jnp.sum(m),
+        'confusion': jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, pred].add(m),
+    }
+
+
+def evaluate_all(state: TrainState, data: input_pipeline.DeviceData,
+                 aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False
+                 ) -> dict[str, Array]:
+    """Sums of ``eval_step`` over every eval batch (one ``lax.scan``, one dispatch)."""
+
+    def body(totals, xs):
+        images, labels, mask = xs
+        batch = {'image': input_pipeline.normalize(images, aug, dtype), 'label': labels}
+        sums = eval_step(state, batch, mask, tta_flip)
+        return jax.tree_util.tree_map(jnp.add, totals, sums), None
+
+    first = jax.eval_shape(lambda: eval_step(
+        state, {'image': input_pipeline.normalize(data.eval_images[0], aug, dtype),
+                'label': data.eval_labels[0]}, data.eval_mask[0], tta_flip))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+    totals, _ = jax.lax.scan(body, zeros, (data.eval_images, data.eval_labels, data.eval_mask))
+    return totals
+
+
+def summarize_eval(sums: dict[str, Any], class_names: tuple[str, ...] | None = None
+                   ) -> dict[str, Any]:
+    """Host-side: divide the sums once; per-class accuracy from the confusion matrix."""
+    sums = jax.device_get(sums)
+    count = float(sums['count'])
+    confusion = np.asarray(sums['confusion'])
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    out = {
+        'accuracy': float(sums['correct']) / count,
+        'top5_accuracy': float(sums['correct_top5']) / count,
+        'loss': float(sums['loss']) / count,
+        'num_examples': int(round(count)),
+        'per_class_accuracy': {(class_names[i] if class_names else str(i)): float(a)
+                               for i, a in enumerate(per_class)},
+        'confusion_matrix': confusion.astype(int).tolist(),
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Building the pieces
+# --------------------------------------------------------------------------- #
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
+                       tx: optax.GradientTransformation, image_shape: tuple[int, ...]
+                       ) -> TrainState:
+    """Initialises params and BN stats from ``config.seed`` (jit me with out_shardings)."""
+    variables = model.init({'params': jax.random.key(config.seed)},
+                           jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                             batch_stats=variables.get('batch_stats', {}), tx=tx)
+
+
+def model_input_shape(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]
+                      ) -> tuple[int, int, int]:
+    h, w, c = image_shape
+    size = config.data.image_size
+    return (size, size, c) if size else (h, w, c)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything one run needs, built once from the config and the data set."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    model: models.ResNet
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    aug: input_pipeline.Augmentation
+    num_train: int
+    steps_per_epoch: int
+    total_steps: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, ds: datasets.ImageDataset,
+              mesh: jax.sharding.Mesh) -> 'Trainer':
+        config_validation.validate_for_data(config, ds, jax.device_count())
+        steps_per_epoch = len(ds.train_labels) // config.batch_size
+        schedule_steps = config.num_epochs * steps_per_epoch
+        total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
+        schedule = optim.create_schedule(config, steps_per_epoch, schedule_steps)
+        return cls(config=config, mesh=mesh,
+                   model=models.create_model(config.model, ds.num_classes, compute_dtype(config)),
+                   tx=optim.create_optimizer(config, schedule), schedule=schedule,
+                   aug=input_pipeline.Augmentation.from_config(config),
+                   num_train=len(ds.train_labels), steps_per_epoch=steps_per_epoch,
+                   total_steps=total, class_names=ds.class_names,
+                   image_shape=model_input_shape(config, ds.image_shape))
+
+    # -- state -------------------------------------------------------------- #
+    def init_state(self) -> TrainState:
+        init = functools.partial(create_train_state, self.config, self.model, self.tx,
+                                 self.image_shape)
+        return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
+
+    def abstract_state(self) -> TrainState:
+        """Shapes and (current) shardings of the state, with no computation."""
+        shapes = jax.eval_shape(functools.partial(
+            create_train_state, self.config, self.model, self.tx, self.image_shape))
+        return checkpointing.abstract_like(shapes, sharding.replicated(self.mesh))
+
+    # -- compiled functions ------------------------------------------------- #
+    @functools.cached_property
+    def epoch_order_fn(self) -> Callable[[Array], Array]:
+        """state.step -> this epoch's (steps_per_epoch, batch) order, on device."""
+        cfg = self.config
+
+        def order(step):
+            data_key = jax.random.key(cfg.seed + 1)
+            return input_pipeline.epoch_order(data_key, step // self.steps_per_epoch,
+                                              self.num_train, self.steps_per_epoch,
+                                              cfg.batch_size)
+
+        return jax.jit(order, out_shardings=sharding.replicated(self.mesh))
+
+    def step_with_data(self, state: TrainState, data: input_pipeline.DeviceData,
+                       order: Array) -> tuple[TrainState, dict[str, Array]]:
+        """Gather + augment this step's global batch, then ``train_step``."""
+        cfg = self.config
+        batch = input_pipeline.train_batch(
+            data, order, state.step, state.step // self.steps_per_epoch,
+            jax.random.key(cfg.seed + 1), self.aug, compute_dtype(cfg),
+            sharding.batch_sharded(self.mesh))
+        batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
+        l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
+        return train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
+                          label_smoothing=cfg.label_smoothing, l2_weight=l2)
+
+    @functools.cached_property
+    def train_step_fn(self) -> Callable:
+        """The jitted step; the state is donated, so its buffers are reused."""
+        repl = sharding.replicated(self.mesh)
+        return jax.jit(self.step_with_data, donate_argnums=0, out_shardings=(repl, repl))
+
+    @functools.cached_property
+    def eval_fn(self) -> Callable:
+        return jax.jit(functools.partial(evaluate_all, aug=self.aug,
+                                         dtype=compute_dtype(self.config),
+                                         tta_flip=bool(self.config.eval.get('tta', False))),
+                       out_shardings=sharding.replicated(self.mesh))
+
+    def evaluate(self, state: TrainState, data: input_pipeline.DeviceData) -> dict[str, Any]:
+        return summarize_eval(self.eval_fn(state, data), self.class_names)
+
+
+# --------------------------------------------------------------------------- #
+# The loop
+# --------------------------------------------------------------------------- #
+class _StopSignal:
+    """Records SIGTERM/SIGINT so the loop can checkpoint and exit between steps."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(SystemExit):
+    """Raised after the checkpoint of a SIGTERM/SIGINT-interrupted run is written."""
+
+
+def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str) -> None:
+    """Refuses to resume a checkpoint written for a different model or data set."""
+    saved = meta.get('config', {})
+    current = json.loads(config.to_json())
+    diffs = []
+    for key in ('dataset', 'model', 'optimizer.name'):
+        a, b = _lookup(saved, key), _lookup(current, key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
+                      if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f'{key}: {a!r} -> {b!r}')
+    if diffs:
+        raise checkpointing.CheckpointError(
+            f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
+            + '. Use a new --workdir, or start from those weights on purpose with '
+            '--config.init_from=' + ckpt_dir + ' in a new workdir.')
+
+
+def _lookup(d: dict, dotted: str) -> Any:
+    for part in dotted.split('.'):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       ds: datasets.ImageDataset | None = None) -> dict[str, Any]:
+    """Trains (resuming from the workdir's latest checkpoint) and evaluates.
+
+    Returns the final eval results, also written to ``WORKDIR/eval_results.json``.
+    ``ds`` lets library users pass in-memory arrays instead of ``config.dataset``.
+    """
+    t_start = time.time()
+    config_validation.validate(config)
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=2))
+    ds = ds if ds is not None else datasets.load_dataset(config)
+    mesh = sharding.make_data_mesh()
+    trainer = Trainer.build(config, ds, mesh)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    cfg = config
+
+    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
+    start_step = manager.latest_step()
+    if start_step is not None:
+        _check_resumable(checkpointing.read_meta(manager, start_step), config, manager.directory)
+        state = checkpointing.restore_state(manager, start_step, trainer.abstract_state())
+        logging.info('Resumed from step %d in %s', start_step, manager.directory)
+    else:
+        state = trainer.init_state()
+        start_step = 0
+        if cfg.init_from:
+            from jaxres import finetune  # pylint: disable=g-import-not-at-top
+            state = finetune.init_from(state, cfg.init_from, trainer)
+
+    writer = metric_logging.create_writer(workdir)
+    report = periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
+                                             every_secs=30.0)
+    spe = trainer.steps_per_epoch
+
+    def meta(eval_metrics=None):
+        return {'config': json.loads(config.to_json_best_effort()), 'steps_per_epoch': spe,
+                'metrics': eval_metrics or {}}
+
+    def save(step, eval_results=None):
+        metrics = None
+        if eval_results is not None:
+            metrics = {f'eval_{k}': eval_results[k] for k in ('accuracy', 'top5_accuracy', 'loss')}
+        with jax.transfer_guard('allow'):
+            checkpointing.save(manager, step, state, meta(metrics), metrics=metrics)
+
+    eval_results = None
+    order = None
+    pending: list[dict[str, Array]] = []
+    t_log, step_log = time.time(), start_step
+    step = start_step
+    with _StopSignal() as stop, jax.transfer_guard('disallow'):
+        while step < trainer.total_steps:
+            if order is None or step % spe == 0:
+                order = trainer.epoch_order_fn(state.step)
+            state, metrics = trainer.train_step_fn(state, data, order)
+            pending.append(metrics)
+            step += 1
+            report(step)
+            end_of_epoch = step % spe == 0
+            last = step == trainer.total_steps
+            if step % cfg.log_every_steps == 0 or last:
+                host = jax.device_get(pending)
+                pending = []
+                loss = float(np.mean([m['loss'] for m in host]))
+                if not np.isfinite(loss):
+                    manager.wait_until_finished()
+                    good = manager.latest_step()
+                    raise NonFiniteLossError(
+                        f'training loss became {loss} by step {step}. Last good checkpoint: '
+                        f'{"step " + str(good) if good is not None else "none"} in '
+                        f'{manager.directory}. Lower the learning rate or check the data.')
+                dt = time.time() - t_log
+                with jax.transfer_guard('allow'):  # optax schedules run jnp ops
+                    lr = float(trainer.schedule(step - 1))
+                writer.write_scalars(step, {
+                    'epoch': step / spe, 'lr': lr,
+                    'train_loss': loss,
+                    'train_accuracy': float(np.mean([m['accuracy'] for m in host])),
+                    'images_per_sec': (step - step_log) * cfg.batch_size / max(dt, 1e-9)})
+                t_log, step_log = time.time(), step
+            epoch = step // spe
+            do_eval = last or (end_of_epoch and epoch % cfg.eval.every_epochs == 0)
+            if do_eval:
+                eval_results = trainer.evaluate(state, data)
+                writer.write_scalars(step, {
+                    'epoch': step / spe, 'eval_loss': eval_results['loss'],
+                    'eval_accuracy': eval_results['accuracy'],
+                    'eval_top5_accuracy': eval_results['top5_accuracy']})
+            if last or (end_of_epoch and epoch % cfg.checkpoint.every_epochs == 0):
+                save(step, eval_results if do_eval else None)
+            if stop.received is not None and not last:
+                save(step)
+                manager.wait_until_finished()
+                writer.flush()
+                raise Preempted(
+                    f'Received signal {stop.received}: saved a checkpoint at step {step} in '
+                    f'{manager.directory}. Re-run the same command to resume.')
+    manager.wait_until_finished()
+    writer.flush()
+    if eval_results is None:  # resumed at the end: nothing left to train
+        eval_results = trainer.evaluate(state, data)
+    eval_results = dict(eval_results, step=step, split=config.eval_split,
+                        wall_time_s=time.time() - t_start)
+    if is_main:
+        write_json(os.path.join(workdir, 'eval_results.json'), eval_results)
+    return eval_results
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes atomically (temp file + rename): never a half-written file."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
