@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 import ml_collections
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -39,8 +40,11 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize()
 
 
-def make_data_mesh() -> Mesh:
-    """A 1-D mesh named ``'data'`` over all devices of all processes."""
+def make_data_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh named ``'data'`` over all devices of all processes (or ``devices``)."""
+    if devices is not None:
+        return Mesh(np.asarray(devices), ('data',),
+                    axis_types=(jax.sharding.AxisType.Auto,))
     # Auto axes: XLA's partitioner places the collectives (gradient all-reduce,
     # BatchNorm statistics) from the in/out shardings of the jitted step.
     return jax.make_mesh((jax.device_count(),), ('data',),

@@ -178,7 +178,7 @@ class Trainer:
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, ds: datasets.ImageDataset,
               mesh: jax.sharding.Mesh) -> 'Trainer':
-        config_validation.validate_for_data(config, ds, jax.device_count())
+        config_validation.validate_for_data(config, ds, mesh.size)
         steps_per_epoch = len(ds.train_labels) // config.batch_size
         schedule_steps = config.num_epochs * steps_per_epoch
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps

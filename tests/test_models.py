@@ -1,0 +1,68 @@
+"""Model family: exact parameter counts (no compilation) and pure-function behaviour."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from jaxres import models
+
+from conftest import tiny_config
+
+
+def _count(model_cfg, num_classes=10, size=32):
+    model = models.create_model(model_cfg, num_classes)
+    variables = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    return models.count_params(variables['params'])
+
+
+def _model(**kw):
+    c = default.get_config().model
+    for k, v in kw.items():
+        c[k] = v
+    return c
+
+
+@pytest.mark.parametrize('depth,expected', [(18, 11_173_962), (34, 21_282_122),
+                                            (50, 23_520_842)])
+def test_named_depths_parameter_counts(depth, expected):
+    assert _count(_model(depth=depth)) == expected
+
+
+def test_kuangliu_stage_variants_parameter_counts():
+    assert _count(_model(stage_sizes=(2, 1, 1, 1))) == 4_977_226
+    assert _count(_model(stage_sizes=(1, 1, 1, 1))) == 4_903_242
+
+
+def test_train_flag_controls_batch_stats_and_dropout():
+    cfg = tiny_config(**{'model.stem_dropout': 0.5}).model
+    model = models.create_model(cfg, num_classes=4)
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    eval_a = model.apply(variables, x, train=False)
+    eval_b = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(eval_a, eval_b)  # deterministic, no mutation needed
+    logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': jax.random.key(2)})
+    assert logits.shape == (6, 4) and logits.dtype == jnp.float32
+    before = jax.tree_util.tree_leaves(variables['batch_stats'])
+    after = jax.tree_util.tree_leaves(updates['batch_stats'])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    other, _ = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.key(3)})
+    assert not np.allclose(logits, other)  # dropout active only in training
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params():
+    cfg = tiny_config().model
+    model = models.create_model(cfg, num_classes=4, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert {p.dtype for p in jax.tree_util.tree_leaves(variables)} == {jnp.dtype('float32')}
+    logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    assert logits.dtype == jnp.float32
+    assert {p.dtype for p in jax.tree_util.tree_leaves(updates)} == {jnp.dtype('float32')}
+    hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
+    assert 'bf16' in hlo and 'convolution' in hlo

@@ -1,0 +1,117 @@
+"""Train step, loop, checkpoints, resume and evaluation on tiny models."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxres import checkpointing, input_pipeline, main, metric_logging, sharding, train
+
+from conftest import random_dataset, tiny_config
+
+
+def _trainer(config, ds, devices=None):
+    mesh = sharding.make_data_mesh(devices)
+    return train.Trainer.build(config, ds, mesh), input_pipeline.to_device(
+        ds, mesh, config.eval_batch_size)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.05})
+    ds = random_dataset(n_train=32)
+    trainer, _ = _trainer(config, ds)
+    state = trainer.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+             'label': ds.train_labels}
+    step = jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0)))
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics['loss']))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _params(workdir, config, ds):
+    trainer, _ = _trainer(config, ds)
+    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
+    state = checkpointing.restore_state(manager, manager.latest_step(), trainer.abstract_state())
+    return jax.device_get((state.params, state.batch_stats, state.opt_state))
+
+
+def test_train_writes_workdir_and_resume_continues_the_same_run(tmp_path):
+    ds = random_dataset()
+    config = tiny_config()  # 4 steps per epoch, 2 epochs
+    full = str(tmp_path / 'full')
+    results = train.train_and_evaluate(config, full, ds)
+    assert results['step'] == 8 and results['num_examples'] == 40
+    assert set(os.listdir(full)) >= {'checkpoints', 'metrics.jsonl', 'config.json',
+                                     'eval_results.json'}
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(full))
+    records = metric_logging.read_jsonl(os.path.join(full, 'metrics.jsonl'))
+    train_rec = [r for r in records if 'train_loss' in r]
+    assert [r['step'] for r in train_rec] == [2, 4, 6, 8]
+    assert {'epoch', 'lr', 'train_accuracy', 'images_per_sec'} <= set(train_rec[0])
+    assert [r['step'] for r in records if 'eval_accuracy' in r] == [4, 8]
+
+    # Interrupted after 3 steps (mid-epoch), then the same command again.
+    part = str(tmp_path / 'part')
+    config_stop = tiny_config(num_train_steps=3, **{'checkpoint.every_epochs': 1})
+    train.train_and_evaluate(config_stop, part, ds)
+    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(part), read_only=True)
+    assert manager.latest_step() == 3
+    resumed = train.train_and_evaluate(config, part, ds)
+    assert resumed['step'] == 8
+    a, b = _params(full, config, ds), _params(part, config, ds)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)  # bitwise: same data order, keys and schedule
+    assert resumed['accuracy'] == results['accuracy']
+
+
+def test_eval_of_restored_checkpoint_equals_end_of_training(tmp_path, monkeypatch):
+    ds = random_dataset()
+    config = tiny_config()
+    workdir = str(tmp_path)
+    at_end = train.train_and_evaluate(config, workdir, ds)
+    monkeypatch.setattr(main.datasets, 'load_dataset', lambda cfg: ds)
+    for which in ('latest', 'best', '8'):
+        config.eval.checkpoint = which
+        restored = main.evaluate_checkpoint(config, workdir)
+        assert restored['step'] == 8
+        for k in ('accuracy', 'top5_accuracy', 'loss', 'num_examples'):
+            assert restored[k] == pytest.approx(at_end[k], rel=1e-6)
+    with open(os.path.join(workdir, 'eval_results.json')) as f:
+        assert json.load(f)['num_examples'] == 40
+
+
+def test_eval_counts_10000_examples_with_a_batch_that_does_not_divide_it():
+    ds = random_dataset(n_train=64, n_eval=10_000)
+    config = tiny_config(eval_batch_size=48)
+    trainer, data = _trainer(config, ds)
+    results = trainer.evaluate(trainer.init_state(), data)
+    assert results['num_examples'] == 10_000
+    assert np.sum(results['confusion_matrix']) == 10_000
+    predicted_right = np.trace(results['confusion_matrix'])
+    assert results['accuracy'] == pytest.approx(predicted_right / 10_000)
+
+
+def test_step_compiles_once(tmp_path):
+    ds = random_dataset()
+    config = tiny_config()
+    mesh = sharding.make_data_mesh()
+    trainer = train.Trainer.build(config, ds, mesh)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    state = trainer.init_state()
+    with jax.transfer_guard('disallow'):
+        for _ in range(6):
+            order = trainer.epoch_order_fn(state.step)
+            state, _ = trainer.train_step_fn(state, data, order)
+    assert trainer.train_step_fn._cache_size() == 1
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    ds = random_dataset()
+    config = tiny_config(**{'schedule.learning_rate': 1e30, 'schedule.name': 'constant'})
+    with pytest.raises(train.NonFiniteLossError, match=r'by step \d+\. Last good checkpoint'):
+        train.train_and_evaluate(config, str(tmp_path), ds)
