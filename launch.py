@@ -19,12 +19,25 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'Wha
 flags.mark_flags_as_required(['config'])
 
 
+def parse_flags(argv):
+    """absl parsing, with bad flags and config overrides as one 'error:' line."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # flags.Error, or ml_collections' KeyError/AttributeError/TypeError
+        sys.exit('error: ' + jaxres_main.explain_flag_error(argv, e))
+
+
 def main(argv):
     del argv
     if FLAGS.mode != 'summary' and not FLAGS.workdir:
         sys.exit('error: --workdir is required for --mode=' + FLAGS.mode)
-    return jaxres_main.run(FLAGS.config, FLAGS.workdir or '', FLAGS.mode)
+    try:
+        config = FLAGS.config
+        config.keys()  # a config file that failed to load raises on first use
+    except OSError as e:  # config_flags loads the file lazily
+        sys.exit('error: cannot load --config: ' + str(e).strip().splitlines()[-1].strip())
+    return jaxres_main.run(config, FLAGS.workdir or '', FLAGS.mode)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

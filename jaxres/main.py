@@ -68,6 +68,21 @@ def summarize(config: ml_collections.ConfigDict) -> str:
     return summary.model_summary(config, num_classes, shape)
 
 
+def explain_flag_error(argv: list[str], error: Exception) -> str:
+    """One line for a bad flag: names the override and where valid keys are listed."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]  # ml_collections wraps a KeyError in an AttributeError
+    text = ' '.join(str(error.args[0] if error.args else error).split()).strip('"\'')
+    for arg in argv[1:]:
+        if arg.startswith('--config.'):
+            key = arg[len('--config.'):].split('=', 1)[0]
+            if key.split('.')[-1] in text or key in text:
+                return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
+                        'against configs/default.py, which lists every key.')
+    return f'{text}. Usage: python launch.py --config configs/NAME.py --workdir DIR ' \
+           '[--mode train|eval|predict|summary] [--config.key=value ...]'
+
+
 class _DropLibraryChatter(logging.Filter):
     """Hides Orbax/TFDS INFO lines so progress and metrics stay readable."""
 

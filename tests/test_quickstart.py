@@ -1,0 +1,17 @@
+"""The README's first command: the digits quick-start (a few steps here)."""
+
+import os
+
+from jaxres import main
+
+from configs import quickstart
+
+
+def test_quickstart_runs_end_to_end(tmp_path, capsys):
+    config = quickstart.get_config()
+    config.num_train_steps = 30
+    workdir = str(tmp_path / 'qs')
+    assert main.run(config, workdir, 'train') == 0
+    out = capsys.readouterr().out
+    assert 'test accuracy' in out and 'on 360 examples' in out
+    assert os.path.exists(os.path.join(workdir, 'eval_results.json'))
