@@ -60,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_train_steps = -1  # > 0: stop after this many steps (quick runs)
   c.dtype = 'float32'  # or 'bfloat16' (params, BN stats and loss stay float32)
   c.label_smoothing = 0.0
+  c.steps_per_dispatch = 1  # > 1: run K steps per dispatch (lax.scan); same result
+  c.nonfinite = 'stop'  # NaN/Inf loss: 'stop' (keep the last good checkpoint) or 'skip'
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' | 'adam'

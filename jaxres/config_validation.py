@@ -25,6 +25,7 @@ _CHOICES = {
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
     'schedule.name': ('warmup_cosine', 'constant'),
     'data.padding_mode': ('constant', 'reflect'),
+    'nonfinite': ('stop', 'skip'),
 }
 
 _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedule.warmup_epochs',
@@ -34,7 +35,7 @@ _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedu
                  'validation_size')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
-             'model.stem_width')
+             'model.stem_width', 'steps_per_dispatch')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

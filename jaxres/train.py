@@ -56,9 +56,14 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
 
 
 def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
-               label_smoothing: float = 0.0, l2_weight: float = 0.0
-               ) -> tuple[TrainState, dict[str, Array]]:
-    """One SGD step on a global batch; returns the new state and scalar metrics."""
+               label_smoothing: float = 0.0, l2_weight: float = 0.0,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
+    """One SGD step on a global batch; returns the new state and scalar metrics.
+
+    With ``skip_nonfinite`` a step whose loss or gradients are not finite leaves
+    params, BN statistics and optimizer state unchanged (only the step advances,
+    so the data order stays that of the uninterrupted run) and counts as skipped.
+    """
     key = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
@@ -70,9 +75,16 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
         return total, (loss, logits, updates['batch_stats'])
 
     grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    return state, {'loss': loss, 'accuracy': accuracy}
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+    if skip_nonfinite:
+        ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+        kept = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        new_state = kept.replace(step=new_state.step)
+        metrics = {'loss': jnp.where(ok, loss, 0.0), 'accuracy': metrics['accuracy'],
+                   'skipped': (~ok).astype(jnp.int32)}
+    return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip: bool = False
@@ -228,13 +240,30 @@ class Trainer:
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
         l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
         return train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
-                          label_smoothing=cfg.label_smoothing, l2_weight=l2)
+                          label_smoothing=cfg.label_smoothing, l2_weight=l2,
+                          skip_nonfinite=cfg.nonfinite == 'skip')
 
     @functools.cached_property
     def train_step_fn(self) -> Callable:
         """The jitted step; the state is donated, so its buffers are reused."""
         repl = sharding.replicated(self.mesh)
         return jax.jit(self.step_with_data, donate_argnums=0, out_shardings=(repl, repl))
+
+    @functools.cached_property
+    def multi_step_fn(self) -> Callable:
+        """``config.steps_per_dispatch`` steps in one dispatch (``lax.scan``).
+
+        The same ``step_with_data`` as the single step, so the result is
+        identical to K single steps; only the per-step dispatch cost goes away.
+        """
+        k = self.config.steps_per_dispatch
+
+        def many(state, data, order):
+            return jax.lax.scan(lambda s, _: self.step_with_data(s, data, order), state,
+                                length=k)
+
+        repl = sharding.replicated(self.mesh)
+        return jax.jit(many, donate_argnums=0, out_shardings=(repl, repl))
 
     @functools.cached_property
     def eval_fn(self) -> Callable:
@@ -253,12 +282,15 @@ class Trainer:
 class _StopSignal:
     """Records SIGTERM/SIGINT so the loop can checkpoint and exit between steps."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         self.received: int | None = None
         self._previous = {}
+        # Multi-process runs leave SIGTERM to JAX's preemption notifier, which the
+        # loop polls through Orbax so every host stops at the same step.
+        self._enabled = enabled
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in ((signal.SIGTERM, signal.SIGINT) if self._enabled else ()):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. some test runners)
@@ -355,56 +387,88 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     eval_results = None
     order = None
-    pending: list[dict[str, Array]] = []
+    pending: list[dict[str, Array]] = []  # device metrics since the last fetch
     t_log, step_log = time.time(), start_step
     step = start_step
-    with _StopSignal() as stop, jax.transfer_guard('disallow'):
+    k = max(1, cfg.steps_per_dispatch)
+
+    def check_finite(host_metrics, step):
+        loss = float(np.mean(np.concatenate([np.ravel(m['loss']) for m in host_metrics])))
+        if not np.isfinite(loss):
+            manager.wait_until_finished()
+            good = manager.latest_step()
+            raise NonFiniteLossError(
+                f'training loss became {loss} by step {step}. Last good checkpoint: '
+                f'{"step " + str(good) if good is not None else "none"} in '
+                f'{manager.directory} (kept). Lower the learning rate or check the data; '
+                '--config.nonfinite=skip skips such steps instead.')
+        return loss
+
+    def log_train(step):
+        nonlocal pending, t_log, step_log
+        host = jax.device_get(pending)
+        pending = []
+        loss = check_finite(host, step)
+        mean = lambda key: float(np.mean(np.concatenate([np.ravel(m[key]) for m in host])))
+        with jax.transfer_guard('allow'):  # optax schedules run jnp ops
+            lr = float(trainer.schedule(step - 1))
+        scalars = {'epoch': step / spe, 'lr': lr, 'train_loss': loss,
+                   'train_accuracy': mean('accuracy'),
+                   'images_per_sec': (step - step_log) * cfg.batch_size /
+                                     max(time.time() - t_log, 1e-9)}
+        if cfg.nonfinite == 'skip':
+            scalars['skipped_steps'] = float(np.sum(np.concatenate(
+                [np.ravel(m['skipped']) for m in host])))
+        writer.write_scalars(step, scalars)
+        t_log, step_log = time.time(), step
+
+    def next_event(step):
+        """The next step after which the loop must look at the host side."""
+        candidates = [trainer.total_steps, (step // spe + 1) * spe,
+                      (step // cfg.log_every_steps + 1) * cfg.log_every_steps]
+        return min(candidates)
+
+    multi_process = jax.process_count() > 1
+    with _StopSignal(enabled=not multi_process) as stop, jax.transfer_guard('disallow'):
         while step < trainer.total_steps:
             if order is None or step % spe == 0:
                 order = trainer.epoch_order_fn(state.step)
-            state, metrics = trainer.train_step_fn(state, data, order)
+            if k > 1 and step + k <= next_event(step):
+                state, metrics = trainer.multi_step_fn(state, data, order)
+                step += k
+            else:
+                state, metrics = trainer.train_step_fn(state, data, order)
+                step += 1
             pending.append(metrics)
-            step += 1
             report(step)
             end_of_epoch = step % spe == 0
             last = step == trainer.total_steps
-            if step % cfg.log_every_steps == 0 or last:
-                host = jax.device_get(pending)
-                pending = []
-                loss = float(np.mean([m['loss'] for m in host]))
-                if not np.isfinite(loss):
-                    manager.wait_until_finished()
-                    good = manager.latest_step()
-                    raise NonFiniteLossError(
-                        f'training loss became {loss} by step {step}. Last good checkpoint: '
-                        f'{"step " + str(good) if good is not None else "none"} in '
-                        f'{manager.directory}. Lower the learning rate or check the data.')
-                dt = time.time() - t_log
-                with jax.transfer_guard('allow'):  # optax schedules run jnp ops
-                    lr = float(trainer.schedule(step - 1))
-                writer.write_scalars(step, {
-                    'epoch': step / spe, 'lr': lr,
-                    'train_loss': loss,
-                    'train_accuracy': float(np.mean([m['accuracy'] for m in host])),
-                    'images_per_sec': (step - step_log) * cfg.batch_size / max(dt, 1e-9)})
-                t_log, step_log = time.time(), step
             epoch = step // spe
             do_eval = last or (end_of_epoch and epoch % cfg.eval.every_epochs == 0)
+            do_save = last or (end_of_epoch and epoch % cfg.checkpoint.every_epochs == 0)
+            preempted = (stop.received is not None or
+                         (multi_process and manager.reached_preemption(step)))
+            # Metrics are fetched on log steps, and before any checkpoint so that a
+            # non-finite state is never saved over the last good one.
+            if step % cfg.log_every_steps == 0 or last or ((do_save or preempted) and pending):
+                log_train(step)
             if do_eval:
                 eval_results = trainer.evaluate(state, data)
                 writer.write_scalars(step, {
                     'epoch': step / spe, 'eval_loss': eval_results['loss'],
                     'eval_accuracy': eval_results['accuracy'],
                     'eval_top5_accuracy': eval_results['top5_accuracy']})
-            if last or (end_of_epoch and epoch % cfg.checkpoint.every_epochs == 0):
+            if do_save:
                 save(step, eval_results if do_eval else None)
-            if stop.received is not None and not last:
-                save(step)
+            if preempted and not last:
+                if not do_save:
+                    save(step)
                 manager.wait_until_finished()
                 writer.flush()
                 raise Preempted(
-                    f'Received signal {stop.received}: saved a checkpoint at step {step} in '
-                    f'{manager.directory}. Re-run the same command to resume.')
+                    f'Preempted (signal {stop.received or "from the cluster"}): saved a '
+                    f'checkpoint at step {step} in {manager.directory}. Re-run the same '
+                    'command to resume.')
     manager.wait_until_finished()
     writer.flush()
     if eval_results is None:  # resumed at the end: nothing left to train
