@@ -19,6 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_split = 'train'
   c.eval_split = 'test'
   c.validation_size = 0  # > 0: hold out the LAST N training examples as 'validation'
+  # dataset='synthetic': generated images, no files (tests, benchmarks).
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_train = 2048
+  c.synthetic.num_eval = 512
+  c.synthetic.image_size = 32
+  c.synthetic.num_classes = 10
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 0  # 0 = keep the stored size; else resize (bilinear) to this
@@ -27,6 +33,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.crop_padding = 4  # pad-and-random-crop; 0 disables
   c.data.padding_mode = 'constant'  # 'constant' (zeros) or 'reflect'
   c.data.hflip = True
+  c.data.vflip = False
+  # Rotation by U(-rotation, rotation) degrees and translation by U(-s, s) * size
+  # (Keras width/height_shift_range), as one warp.
+  c.data.rotation = 0.0
+  c.data.width_shift = 0.0
+  c.data.height_shift = 0.0
+  c.data.interpolation = 'bilinear'  # of the warp: 'bilinear' | 'nearest'
+  c.data.fill = 'constant'  # outside the warped image: 'constant' (black) | 'nearest' (edge)
+  # torchvision ColorJitter factors (0 = off), applied in a random order per image.
+  c.data.brightness = 0.0
+  c.data.contrast = 0.0
+  c.data.saturation = 0.0
+  c.data.hue = 0.0  # <= 0.5
+  # torchvision RandomResizedCrop, output image_size (or the stored size).
+  c.data.random_resized_crop = False
+  c.data.crop_scale = (0.08, 1.0)  # area fraction
+  c.data.crop_ratio = (3 / 4, 4 / 3)  # aspect ratio
+  # 'channel': (x - mean) / std per channel; 'scalar': one mean/std for all
+  # channels (1-tuples); 'image': each image by its own mean/std (train and eval).
+  c.data.standardize = 'channel'
+  # () = color_jitter, random_resized_crop, affine, crop, hflip, vflip (those
+  # enabled). Else the ops in this order, repeats allowed (seed 002).
+  c.data.augment_order = ()
 
   # Model (see jaxres/models.py for what each key does).
   c.model = ml_collections.ConfigDict()
@@ -50,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dense_init = 'pytorch'
   c.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum=0.1
   c.model.bn_epsilon = 1e-5
+  # BN running variance: 'biased' (Flax) or 'unbiased' (PyTorch, Keras fused).
+  c.model.bn_running_var = 'biased'
+  # 'symmetric': k//2 each side (PyTorch); 'same': TF/Keras SAME (differs at stride 2).
+  c.model.conv_padding = 'symmetric'
   c.model.zero_init_residual = False
 
   # Training.
@@ -78,10 +111,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip by global norm
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = 'warmup_cosine'  # 'warmup_cosine' | 'constant'
+  # 'warmup_cosine' | 'constant' | 'step' (x decay_rate every decay_epochs) |
+  # 'exponential' (x decay_rate every epoch) | 'cosine_epochs' (PyTorch
+  # CosineAnnealingLR stepped per epoch) | 'onecycle' (PyTorch OneCycleLR, per step;
+  # learning_rate is the peak).
+  c.schedule.name = 'warmup_cosine'
   c.schedule.learning_rate = 0.1
   c.schedule.warmup_epochs = 5.0
-  c.schedule.end_learning_rate = 0.0
+  c.schedule.end_learning_rate = 0.0  # also cosine_epochs' eta_min
+  c.schedule.decay_rate = 0.1
+  c.schedule.decay_epochs = 30
+  c.schedule.epoch_offset = 0  # step/exponential: count epochs from this (1: seed 000)
+  c.schedule.pct_start = 0.3
+  c.schedule.div_factor = 25.0  # initial lr = peak / div_factor
+  c.schedule.final_div_factor = 1e4  # final lr = initial / final_div_factor
+  c.schedule.cycle_momentum = True  # onecycle: SGD momentum / Adam b1 cycled inversely
+  c.schedule.base_momentum = 0.85
+  c.schedule.max_momentum = 0.95
 
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 100
@@ -89,6 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.every_epochs = 1
   c.eval.checkpoint = 'latest'  # for --mode=eval: 'latest' | 'best' | a step | a path
   c.eval.split = ''  # '' = eval_split
+  c.eval.tta = False  # average the softmax of each image and its mirror (eval and predict)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1
@@ -96,10 +143,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = 'eval_accuracy'
   c.checkpoint.async_save = True
 
+  # --mode=predict: input .npy (N,H,W,C uint8), image folder or CIFAR-style pickle
+  # batch; output .npy (softmax probabilities) or .csv (index,label,class_name,confidence).
   c.predict = ml_collections.ConfigDict()
   c.predict.input = ''
   c.predict.output = ''
 
+  # Start a new run from other weights: a torchvision ResNet-18/34/50 state_dict
+  # (.pth, needs torch) or a jaxres workdir / checkpoints dir; the head is replaced
+  # when the class count differs and the optimizer starts fresh.
   c.init_from = ''
 
   # Multi-process start-up; empty = auto-detect a cluster (see README).

@@ -11,8 +11,9 @@ looks whole.  Restoring goes through an abstract target whose leaves carry the
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -22,6 +23,18 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found or restored; the message says what to do."""
+
+
+# The metrics each checkpoint records, and whether higher is better.
+BEST_METRICS = {'eval_accuracy': True, 'eval_top5_accuracy': True, 'eval_loss': False}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of ``checkpoint.best_metric``; one clear error for an unknown name."""
+    if metric not in BEST_METRICS:
+        raise CheckpointError(f'config.checkpoint.best_metric={metric!r} is not recorded; '
+                              f'choose one of {list(BEST_METRICS)}.')
+    return BEST_METRICS[metric]
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -35,9 +48,11 @@ def create_manager(directory: str, config: ml_collections.ConfigDict | None = No
     metric = ckpt.best_metric if ckpt is not None else 'eval_accuracy'
     policy = None
     if ckpt is not None and not read_only:
+        # BestN keeps the top of an ascending sort; reversed, that is the lowest loss.
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=ckpt.max_to_keep),
             pp.BestN(get_metric_fn=lambda m: m[metric], n=1,
+                     reverse=not higher_is_better(metric),
                      keep_checkpoints_without_metrics=False),
         ])
     options = ocp.CheckpointManagerOptions(
@@ -53,25 +68,105 @@ def create_manager(directory: str, config: ml_collections.ConfigDict | None = No
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          metrics: dict[str, float] | None = None, force: bool = True) -> None:
-    """Starts an (async) save; ``manager.wait_until_finished()`` completes it."""
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)),
-                 metrics=metrics, force=force)
+    """Starts an (async) save; ``wait(manager)`` completes it."""
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)),
+                     metrics=metrics, force=force)
+    except OSError as e:
+        raise _write_error(manager, step, e) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until async saves are complete; write failures become CheckpointError."""
+    try:
+        manager.wait_until_finished()
+    except OSError as e:
+        raise _write_error(manager, None, e) from None
+
+
+def _write_error(manager: ocp.CheckpointManager, step: int | None, e: OSError
+                 ) -> 'CheckpointError':
+    # Orbax writes into a temporary directory and renames it only when complete,
+    # so a failed write leaves the earlier checkpoints as they were.
+    kept = [s for s in manager.all_steps() if s != step]
+    return CheckpointError(
+        f'could not write checkpoint{"" if step is None else " step " + str(step)} in '
+        f'{manager.directory}: {e.strerror or e}. The earlier checkpoints '
+        f'({sorted(kept) or "none"}) are intact. Free disk space or fix permissions, then '
+        're-run the same command to resume.')
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
+                        check_meta: Callable[[dict], None] | None = None
+                        ) -> tuple[int | None, Any]:
+    """Restores the newest checkpoint that reads back whole; warns and falls back
+    past corrupted or truncated ones.  Returns (None, None) when there are none.
+
+    ``check_meta`` may raise CheckpointError (e.g. a different model): that is a
+    user mistake, not corruption, and is not skipped.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    bad = []
+    for step in steps:
+        try:
+            meta = read_meta(manager, step)
+            if check_meta is not None:
+                check_meta(meta)
+            state = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))['state']
+        except CheckpointError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            logging.warning('checkpoint step %d in %s is corrupted (%s: %s); trying an '
+                            'earlier one.', step, manager.directory, type(e).__name__,
+                            str(e)[:300])
+            bad.append(step)
+            continue
+        _quarantine(manager, bad)
+        return step, state
+    if steps:
+        raise CheckpointError(
+            f'every checkpoint in {manager.directory} ({steps}) is unreadable. Move the '
+            'directory away to start afresh.')
+    return None, None
 
 
 def best_step(manager: ocp.CheckpointManager, metric: str) -> int | None:
-    """The kept step with the highest ``metric``, or None if none recorded it."""
+    """The kept step with the best ``metric`` (highest; lowest for a loss), or None."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
     best = None
-    for step in manager.all_steps():
+    for step in sorted(manager.all_steps()):
         meta = read_meta(manager, step)
         value = (meta.get('metrics') or {}).get(metric)
-        if value is not None and (best is None or value > best[0]):
-            best = (value, step)
+        if value is not None and (best is None or sign * value > best[0]):
+            best = (sign * value, step)
     return None if best is None else best[1]
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def _quarantine(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Moves corrupted checkpoints aside (never deleted) so training can redo those steps."""
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        aside = os.path.join(os.path.dirname(str(manager.directory)), 'corrupted_checkpoints')
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            target = os.path.join(aside, str(step))
+            suffix = 0
+            while os.path.exists(target):
+                suffix += 1
+                target = os.path.join(aside, f'{step}.{suffix}')
+            os.replace(os.path.join(str(manager.directory), str(step)), target)
+            logging.warning('moved corrupted checkpoint step %d to %s', step, target)
+    if jax.process_count() > 1:  # the others must not list the directory before the move
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices('jaxres_quarantine_checkpoints')
+    manager.reload()
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str | int, metric: str) -> int:
@@ -93,6 +188,62 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int, metric: str) 
         return int(which)
     raise CheckpointError(f'checkpoint {which!r} not found in {manager.directory}; '
                           f'available steps: {sorted(steps)} (or latest / best).')
+
+
+def locate(path_or_which: str, workdir: str) -> tuple[str, str]:
+    """(checkpoints directory, 'latest' | 'best' | step) for ``eval.checkpoint``-style values.
+
+    A path may be a workdir (holding ``checkpoints/``), a checkpoints directory
+    (e.g. copied from another machine), or one step directory inside it; anything
+    else is 'latest' / 'best' / a step of ``WORKDIR/checkpoints``.
+    """
+    which = str(path_or_which)
+    if not os.path.isdir(which):
+        return checkpoint_dir(workdir), which
+    path = os.path.abspath(which)
+    if os.path.isdir(os.path.join(path, 'checkpoints')):
+        return os.path.join(path, 'checkpoints'), 'latest'
+    base = os.path.basename(path)
+    if base.isdigit() and os.path.isdir(os.path.join(path, 'state')):
+        return os.path.dirname(path), base
+    return path, 'latest'
+
+
+def open_checkpoint(path_or_which: str, workdir: str, metric: str
+                    ) -> tuple[ocp.CheckpointManager, int]:
+    """A read-only manager and the resolved step, or one CheckpointError saying what to do."""
+    directory, which = locate(path_or_which, workdir)
+    if not os.path.isdir(directory):
+        raise CheckpointError(
+            f'no checkpoint directory {directory}. Train first (--mode=train with this '
+            '--workdir) or pass --config.eval.checkpoint=PATH.')
+    manager = create_manager(directory, read_only=True)
+    return manager, resolve_step(manager, which, metric)
+
+
+def restore_variables(manager: ocp.CheckpointManager, step: int,
+                      sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of a checkpoint, in the shapes it was saved with.
+
+    The target comes from the checkpoint's own metadata, so this works whatever
+    the current model (e.g. a different class count); the optimizer state is
+    not read.
+    """
+    path = os.path.join(str(manager.directory), str(step), 'state')
+    try:
+        tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
+    except (FileNotFoundError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f'cannot read the checkpoint at {path} ({type(e).__name__}: '
+                              f'{str(e)[:200]}).') from None
+    if 'params' not in tree:
+        raise CheckpointError(f'{path} is not a jaxres train state (no params).')
+    target = {k: abstract_like(tree.get(k) or {}, sharding) for k in ('params', 'batch_stats')}
+    # Explicit restore args: each array lands on the target's (current) sharding,
+    # not on the device layout recorded at save time.
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=restore_args, partial_restore=True)))['state']
+    return {k: restored.get(k) or {} for k in ('params', 'batch_stats')}
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

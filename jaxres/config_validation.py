@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxres import models
+from jaxres import input_pipeline, models
 
 
 class ConfigError(ValueError):
@@ -21,10 +21,16 @@ _CHOICES = {
     'model.head_pool': ('avg', 'max'),
     'model.kernel_init': tuple(models.KERNEL_INITS),
     'model.dense_init': tuple(models.KERNEL_INITS),
+    'model.bn_running_var': ('biased', 'unbiased'),
+    'model.conv_padding': ('symmetric', 'same'),
     'optimizer.name': ('sgd', 'adam'),
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
-    'schedule.name': ('warmup_cosine', 'constant'),
+    'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',
+                      'onecycle'),
     'data.padding_mode': ('constant', 'reflect'),
+    'data.interpolation': ('bilinear', 'nearest'),
+    'data.fill': ('constant', 'nearest'),
+    'data.standardize': ('channel', 'scalar', 'image'),
     'nonfinite': ('stop', 'skip'),
 }
 
@@ -32,10 +38,14 @@ _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedu
                  'optimizer.weight_decay', 'optimizer.momentum', 'optimizer.grad_clip_value',
                  'optimizer.grad_clip_norm', 'label_smoothing', 'data.crop_padding',
                  'data.image_size', 'model.stem_dropout', 'model.block_dropout',
-                 'validation_size')
+                 'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
+                 'data.brightness', 'data.contrast', 'data.saturation', 'data.hue',
+                 'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
+                 'schedule.max_momentum')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
-             'model.stem_width', 'steps_per_dispatch')
+             'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
+             'schedule.div_factor', 'schedule.final_div_factor')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -68,8 +78,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'config.model.{key} has {len(given)} entries for {n} stages.')
     if len(config.data.mean) != len(config.data.std):
         raise ConfigError('config.data.mean and config.data.std differ in length.')
+    _validate_augmentation(config.data)
+    if not 0 < config.schedule.pct_start < 1:
+        raise ConfigError(f'config.schedule.pct_start={config.schedule.pct_start!r} must be '
+                          'in (0, 1).')
     if not config.dataset:
         raise ConfigError("config.dataset is empty; e.g. --config.dataset=cifar10.")
+
+
+def _validate_augmentation(d: ml_collections.ConfigDict) -> None:
+    """Ranges of the augmentation settings, and a consistent ``augment_order``."""
+    if d.hue > 0.5:
+        raise ConfigError(f'config.data.hue={d.hue!r} must be in [0, 0.5].')
+    for key in ('crop_scale', 'crop_ratio'):
+        lo, hi = d[key]
+        if not 0 < lo <= hi or (key == 'crop_scale' and hi > 1):
+            limit = '0 < lo <= hi <= 1' if key == 'crop_scale' else '0 < lo <= hi'
+            raise ConfigError(f'config.data.{key}={tuple(d[key])!r} must satisfy {limit}.')
+    if d.standardize == 'scalar' and len(d.mean) != 1:
+        raise ConfigError(f"config.data.standardize='scalar' needs one mean and std, e.g. "
+                          f'config.data.mean=(0.4734,); got {len(d.mean)} values.')
+    enabled = input_pipeline.Augmentation.from_config_data(d).enabled_ops()
+    order = tuple(d.augment_order)
+    if order:
+        unknown = sorted(set(order) - set(input_pipeline.AUGMENT_OPS))
+        if unknown:
+            raise ConfigError(f'config.data.augment_order has unknown ops {unknown}; choose '
+                              f'from {list(input_pipeline.AUGMENT_OPS)}.')
+        if set(order) != set(enabled):
+            raise ConfigError(f'config.data.augment_order={order!r} must list exactly the '
+                              f'enabled augmentations {list(enabled)}: turn an op on with its '
+                              'setting (e.g. data.rotation > 0) or take it off the list.')
 
 
 def validate_for_data(config: ml_collections.ConfigDict, ds, num_devices: int) -> None:
@@ -83,6 +122,9 @@ def validate_for_data(config: ml_collections.ConfigDict, ds, num_devices: int) -
         raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {n} training '
                           'examples.')
     channels = ds.image_shape[-1]
+    if channels != 3 and (config.data.saturation or config.data.hue):
+        raise ConfigError(f'config.data.saturation/hue need colour images; these have '
+                          f'{channels} channel(s).')
     if len(config.data.mean) not in (1, channels):
         raise ConfigError(f'config.data.mean has {len(config.data.mean)} entries but the '
                           f'images have {channels} channel(s).')

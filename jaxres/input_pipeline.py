@@ -42,9 +42,17 @@ class DeviceData:
     eval_mask: Array
 
 
+# The augmentation ops, in the order ``augment`` applies them by default.
+AUGMENT_OPS = ('color_jitter', 'random_resized_crop', 'affine', 'crop', 'hflip', 'vflip')
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """Static augmentation settings (hashable: closed over by jitted functions)."""
+    """Static augmentation settings (hashable: closed over by jitted functions).
+
+    Every field defaults to "off"; see ``configs/default.py`` (``config.data``)
+    for what each does.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -52,12 +60,49 @@ class Augmentation:
     padding_mode: str = 'constant'
     hflip: bool = False
     image_size: int = 0
+    vflip: bool = False
+    rotation: float = 0.0
+    width_shift: float = 0.0
+    height_shift: float = 0.0
+    interpolation: str = 'bilinear'
+    fill: str = 'constant'
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    standardize: str = 'channel'
+    order: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'Augmentation':
-        d = config.data
+        return cls.from_config_data(config.data)
+
+    @classmethod
+    def from_config_data(cls, d: ml_collections.ConfigDict) -> 'Augmentation':
         return cls(mean=tuple(d.mean), std=tuple(d.std), crop_padding=d.crop_padding,
-                   padding_mode=d.padding_mode, hflip=d.hflip, image_size=d.image_size)
+                   padding_mode=d.padding_mode, hflip=d.hflip, image_size=d.image_size,
+                   vflip=d.vflip, rotation=d.rotation, width_shift=d.width_shift,
+                   height_shift=d.height_shift, interpolation=d.interpolation, fill=d.fill,
+                   brightness=d.brightness, contrast=d.contrast, saturation=d.saturation,
+                   hue=d.hue, random_resized_crop=d.random_resized_crop,
+                   crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+                   standardize=d.standardize, order=tuple(d.augment_order))
+
+    def enabled_ops(self) -> tuple[str, ...]:
+        """The ops whose settings turn them on, in the default order."""
+        on = {'color_jitter': bool(self.brightness or self.contrast or self.saturation
+                                   or self.hue),
+              'random_resized_crop': self.random_resized_crop,
+              'affine': bool(self.rotation or self.width_shift or self.height_shift),
+              'crop': self.crop_padding > 0, 'hflip': self.hflip, 'vflip': self.vflip}
+        return tuple(op for op in AUGMENT_OPS if on[op])
+
+    def ops(self) -> tuple[str, ...]:
+        """The ops ``augment`` applies, in order."""
+        return self.order or self.enabled_ops()
 
 
 def _global_array(x: np.ndarray, sharding: NamedSharding) -> Array:
@@ -107,12 +152,24 @@ def epoch_order(data_key: Array, epoch: Array, num_examples: int, steps_per_epoc
 
 
 def normalize(images: Array, aug: Augmentation, dtype: Any = jnp.float32) -> Array:
-    """uint8 -> float, optionally resized, standardised per channel."""
+    """uint8 -> float, optionally resized, standardised (the same for train and eval).
+
+    ``aug.standardize``: 'channel'/'scalar' use ``aug.mean``/``aug.std`` (one value
+    broadcasts over the channels); 'image' uses each image's own mean and std,
+    as ``tf.image.per_image_standardization``.
+    """
     x = images.astype(jnp.float32) / 255.0
     if aug.image_size and x.shape[1] != aug.image_size:
         x = jax.image.resize(x, x.shape[:1] + (aug.image_size, aug.image_size) + x.shape[3:],
                              'bilinear')
-    x = (x - jnp.asarray(aug.mean, jnp.float32)) / jnp.asarray(aug.std, jnp.float32)
+    if aug.standardize == 'image':
+        axes = tuple(range(1, x.ndim))
+        mean = jnp.mean(x, axes, keepdims=True)
+        # The floor keeps a constant image finite (TF's 1/sqrt(num_pixels)).
+        floor = 1.0 / jnp.sqrt(jnp.float32(x[0].size))
+        x = (x - mean) / jnp.maximum(jnp.std(x, axes, keepdims=True), floor)
+    else:
+        x = (x - jnp.asarray(aug.mean, jnp.float32)) / jnp.asarray(aug.std, jnp.float32)
     return x.astype(dtype)
 
 
@@ -134,13 +191,191 @@ def random_hflip(images: Array, keys: Array) -> Array:
     return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+def random_vflip(images: Array, keys: Array) -> Array:
+    flip = jax.vmap(lambda k: jax.random.bernoulli(k))(keys)
+    return jnp.where(flip[:, None, None, None], images[:, ::-1], images)
+
+
+def _to_uint8(x: Array) -> Array:
+    """Rounds [0, 255] floats back to pixels, as each PIL transform does."""
+    return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
+
+
+def _sample(img: Array, rows: Array, cols: Array, order: int, mode: str) -> Array:
+    """``img`` (H, W, C) read at fractional (rows, cols), every channel alike."""
+    read = lambda ch: jax.scipy.ndimage.map_coordinates(ch, [rows, cols], order, mode=mode)
+    return jax.vmap(read, in_axes=2, out_axes=-1)(img.astype(jnp.float32))
+
+
+def random_affine(images: Array, keys: Array, rotation: float, height_shift: float,
+                  width_shift: float, interpolation: str = 'bilinear',
+                  fill: str = 'constant') -> Array:
+    """Rotation by U(-rotation, rotation) degrees and shift by U(-s, s) * size, one warp.
+
+    Keras ImageDataGenerator's composition: the output pixel p reads the input
+    at c + R(p - c + t), with c the image centre; 'bilinear' is Keras' order-1
+    spline, 'nearest' torchvision RandomRotation's default.  ``fill``: 'constant'
+    reads black outside the image (torchvision), 'nearest' the edge (Keras).
+    """
+    n, h, w, c = images.shape
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
+                              jnp.arange(w, dtype=jnp.float32), indexing='ij')
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    order = 1 if interpolation == 'bilinear' else 0
+
+    def one(img, key):
+        ka, ky, kx = jax.random.split(key, 3)
+        theta = jnp.deg2rad(jax.random.uniform(ka, (), minval=-rotation, maxval=rotation))
+        dy = rows - cy + jax.random.uniform(ky, (), minval=-height_shift, maxval=height_shift) * h
+        dx = cols - cx + jax.random.uniform(kx, (), minval=-width_shift, maxval=width_shift) * w
+        cos, sin = jnp.cos(theta), jnp.sin(theta)
+        return _to_uint8(_sample(img, cy + cos * dy - sin * dx, cx + sin * dy + cos * dx,
+                                 order, fill))
+
+    return jax.vmap(one)(images, keys)
+
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
+
+
+def _grayscale(x: Array) -> Array:
+    return jnp.tensordot(x, jnp.asarray(_GRAY, x.dtype), axes=[[-1], [0]])[..., None]
+
+
+def _rgb_to_hsv(x: Array) -> Array:
+    """[0, 1] RGB -> HSV with hue in [0, 1) (torchvision's formulas)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    maxc, minc = jnp.max(x, -1), jnp.min(x, -1)
+    delta = maxc - minc
+    safe = jnp.where(delta == 0, 1.0, delta)
+    s = delta / jnp.where(maxc == 0, 1.0, maxc)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = jnp.where(delta == 0, 0.0, (h / 6.0) % 1.0)
+    return jnp.stack([h, s, maxc], -1)
+
+
+def _hsv_to_rgb(x: Array) -> Array:
+    """HSV -> RGB, the closed form (elementwise: no gather, quick to compile)."""
+    h, s, v = x[..., 0:1], x[..., 1:2], x[..., 2:3]
+    k = (jnp.asarray([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
+    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def random_color_jitter(images: Array, keys: Array, brightness: float = 0.0,
+                        contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+                        ) -> Array:
+    """torchvision ColorJitter: factors U(1-s, 1+s) (hue: U(-h, h)), random op order."""
+    strengths = (brightness, contrast, saturation, hue)
+
+    def shift_hue(x, factor):
+        if x.shape[-1] != 3:
+            return x
+        hsv = _rgb_to_hsv(x)
+        return _hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + factor) % 1.0))
+
+    branches = [
+        lambda x, f: x * f,  # brightness: blend with black
+        lambda x, f: f * x + (1 - f) * jnp.mean(_grayscale(x)),  # contrast: with mean grey
+        lambda x, f: f * x + (1 - f) * _grayscale(x),  # saturation: with the grey image
+        shift_hue,
+    ]
+    enabled = jnp.asarray([s > 0 for s in strengths])
+
+    def one(img, key):
+        kperm, kf = jax.random.split(key)
+        lo = jnp.asarray([max(0.0, 1 - s) for s in strengths[:3]] + [-hue])
+        hi = jnp.asarray([1 + s for s in strengths[:3]] + [hue])
+        factors = jax.random.uniform(kf, (4,), minval=lo, maxval=hi)
+        perm = jax.random.permutation(kperm, 4)  # torchvision's random order
+
+        def apply(i, x):
+            op = perm[i]
+            y = jnp.clip(jax.lax.switch(op, branches, x, factors[op]), 0.0, 1.0)
+            return jnp.where(enabled[op], y, x)  # an op at strength 0 is skipped exactly
+
+        x = jax.lax.fori_loop(0, 4, apply, img.astype(jnp.float32) / 255.0)
+        return _to_uint8(x * 255.0)
+
+    return jax.vmap(one)(images, keys)
+
+
+def random_resized_crop(images: Array, keys: Array, size: int,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10
+                        ) -> Array:
+    """torchvision RandomResizedCrop: a random box of ``scale`` area and ``ratio``
+    aspect (first of ``attempts`` tries that fits, else the central crop), resized
+    bilinearly to ``size`` x ``size``."""
+    n, h, w, c = images.shape
+    log_ratio = (jnp.log(ratio[0]), jnp.log(ratio[1]))
+
+    def box(key):
+        ka, kr, ki, kj = jax.random.split(key, 4)
+        area = h * w * jax.random.uniform(ka, (attempts,), minval=scale[0], maxval=scale[1])
+        aspect = jnp.exp(jax.random.uniform(kr, (attempts,), minval=log_ratio[0],
+                                            maxval=log_ratio[1]))
+        cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+        ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        top = jax.random.randint(ki, (attempts,), 0, jnp.maximum(h - ch + 1, 1))
+        left = jax.random.randint(kj, (attempts,), 0, jnp.maximum(w - cw + 1, 1))
+        # Fallback: the whole image, cut to the nearest allowed aspect ratio.
+        in_ratio = w / h
+        fw, fh = ((w, round(w / ratio[0])) if in_ratio < ratio[0] else
+                  (round(h * ratio[1]), h) if in_ratio > ratio[1] else (w, h))
+        first = jnp.argmax(ok)
+        pick = lambda v, fallback: jnp.where(ok.any(), v[first], fallback)
+        return (pick(top, (h - fh) // 2), pick(left, (w - fw) // 2), pick(ch, fh),
+                pick(cw, fw))
+
+    def weights(start, length, n):
+        """(size, n) bilinear weights reading [start, start + length) at half-pixel centres."""
+        centres = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * length / size - 0.5
+        centres = jnp.clip(centres, 0, n - 1)  # edge pixels repeat, as PIL
+        return jnp.maximum(0.0, 1.0 - jnp.abs(centres[:, None] - jnp.arange(n)))
+
+    def one(img, key):
+        top, left, ch, cw = box(key)
+        # An axis-aligned box: the resize is separable, two small matmuls.
+        wy, wx = weights(top, ch, h), weights(left, cw, w)
+        out = jnp.einsum('yh,hwc,xw->yxc', wy, img.astype(jnp.float32), wx,
+                         precision=jax.lax.Precision.HIGHEST)
+        return _to_uint8(out)
+
+    return jax.vmap(one)(images, keys)
+
+
 def augment(images: Array, keys: Array, aug: Augmentation) -> Array:
-    """Per-example random augmentation of uint8 images (one key per example)."""
+    """Per-example random augmentation of uint8 images (one key per example).
+
+    Applies ``aug.ops()`` in order.  The first crop and first horizontal flip
+    draw from the same keys as before these ops existed, so runs that use only
+    them keep their exact batches; every other op (or repeat) gets its own key.
+    """
     crop_keys, flip_keys = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
-    if aug.crop_padding:
-        images = random_crop(images, crop_keys, aug.crop_padding, aug.padding_mode)
-    if aug.hflip:
-        images = random_hflip(images, flip_keys)
+    first = {'crop': crop_keys, 'hflip': flip_keys}
+    for i, op in enumerate(aug.ops()):
+        op_keys = first.pop(op, None)
+        if op_keys is None:
+            op_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
+        if op == 'crop':
+            images = random_crop(images, op_keys, aug.crop_padding, aug.padding_mode)
+        elif op == 'hflip':
+            images = random_hflip(images, op_keys)
+        elif op == 'vflip':
+            images = random_vflip(images, op_keys)
+        elif op == 'affine':
+            images = random_affine(images, op_keys, aug.rotation, aug.height_shift,
+                                   aug.width_shift, aug.interpolation, aug.fill)
+        elif op == 'color_jitter':
+            images = random_color_jitter(images, op_keys, aug.brightness, aug.contrast,
+                                         aug.saturation, aug.hue)
+        elif op == 'random_resized_crop':
+            images = random_resized_crop(images, op_keys, aug.image_size or images.shape[1],
+                                         aug.crop_scale, aug.crop_ratio)
+        else:
+            raise ValueError(f'unknown augmentation op {op!r}')
     return images
 
 

@@ -23,8 +23,9 @@ USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Restores ``config.eval.checkpoint`` and evaluates it; writes eval_results.json.
 
-    ``eval.checkpoint`` is 'latest', 'best', a step, or a path to a checkpoints
-    directory (or one step directory inside it) copied from another machine.
+    ``eval.checkpoint`` is 'latest', 'best', a step, or a path to a workdir, a
+    checkpoints directory (or one step directory inside it) copied from another
+    machine; it restores onto whatever devices this machine has.
     """
     config_validation.validate(config)
     if config.eval.split:
@@ -36,18 +37,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     ds = datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
     trainer = train.Trainer.build(config, ds, mesh)
-    which = str(config.eval.checkpoint)
-    directory = checkpointing.checkpoint_dir(workdir)
-    if os.path.isdir(which):  # a copied checkpoints dir, or one step inside it
-        base = os.path.basename(os.path.normpath(which))
-        directory, which = ((os.path.dirname(os.path.normpath(which)), base) if base.isdigit()
-                            else (which, 'latest'))
-    if not os.path.isdir(directory):
-        raise checkpointing.CheckpointError(
-            f'no checkpoint directory {directory}. Train first (--mode=train with this '
-            '--workdir) or pass --config.eval.checkpoint=PATH.')
-    manager = checkpointing.create_manager(directory, read_only=True)
-    step = checkpointing.resolve_step(manager, which, config.checkpoint.best_metric)
+    manager, step = checkpointing.open_checkpoint(config.eval.checkpoint, workdir,
+                                                  config.checkpoint.best_metric)
+    directory = str(manager.directory)
     state = checkpointing.restore_state(manager, step, trainer.abstract_state())
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
     results = dict(trainer.evaluate(state, data), step=int(step), split=config.eval_split,

@@ -4,6 +4,9 @@ Every model is ``stem -> stages of blocks -> head``.  Convolution, normalisation
 activation, the shortcut kind and the block kind are all passed in, so the seed
 variants (kuangliu CIFAR ResNets, ResNet-B bottlenecks, 3x3-shortcut nets,
 pre-activation units, torchvision ImageNet layout) are configuration, not copies.
+Bag-of-Tricks tweaks are one option each: ResNet-B is ``bottleneck_stride_on='3x3'``
+(the original v1 block is ``'1x1'``), ResNet-C the three-conv ``stem='deep'``,
+ResNet-D the ``shortcut='avgpool_conv1x1'`` projection.
 
 Usage (pure functions, explicit ``train`` flag)::
 
@@ -76,6 +79,62 @@ class BiasConv(nn.Module):
                        bias_init=bias_init, dtype=self.dtype)(x)
 
 
+def with_padding(conv: ModuleDef, mode: str) -> ModuleDef:
+    """``conv`` whose default padding follows ``mode``.
+
+    'symmetric': k//2 on every side, PyTorch's ``padding=k//2`` (kuangliu,
+    torchvision).  'same': TF/Keras 'SAME' (seed 003), which under stride 2 on an
+    even input pads only the bottom/right, so the two disagree on every strided
+    3x3 conv (the parameter counts do not change).
+    """
+    if mode == 'same':
+        return conv
+
+    def make(features, kernel_size, strides=(1, 1), padding=None, **kwargs):
+        if padding is None:
+            padding = [(k // 2, k // 2) for k in kernel_size]
+        return conv(features, kernel_size, strides, padding, **kwargs)
+
+    return make
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm that tracks the *unbiased* batch variance, as PyTorch does.
+
+    Normalises with the biased batch variance (like nn.BatchNorm) but updates
+    ``var`` with ``var * n / (n - 1)``, PyTorch's (and Keras' fused kernel's)
+    rule.  Same variables as nn.BatchNorm, so checkpoints are interchangeable.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    scale_init: Callable[..., Any] = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param('scale', self.scale_init, (c,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        x32 = x.astype(jnp.float32)  # statistics in float32 whatever the compute dtype
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axes)
+            var = jnp.mean(jnp.square(x32 - mean), axes)
+            if not self.is_initializing():
+                n = x.size // c
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        y = (x32 - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+        return y.astype(self.dtype)
+
+
 # --------------------------------------------------------------------------- #
 # Shortcuts
 # --------------------------------------------------------------------------- #
@@ -101,7 +160,8 @@ class Shortcut(nn.Module):
             x = self.conv(self.features, (3, 3), s, name='conv')(x)
         elif self.kind == 'avgpool_conv1x1':
             if self.strides > 1:
-                x = nn.avg_pool(x, s, s, padding='SAME')
+                # As AvgPool2d(ceil_mode=True, count_include_pad=False) on odd sizes.
+                x = nn.avg_pool(x, s, s, padding='SAME', count_include_pad=False)
             x = self.conv(self.features, (1, 1), name='conv')(x)
         else:
             raise ValueError(f'unknown shortcut kind {self.kind!r}')
@@ -284,6 +344,8 @@ class ResNet(nn.Module):
     dense_init: str = 'pytorch'
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    bn_running_var: str = 'biased'
+    conv_padding: str = 'symmetric'
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
 
@@ -291,13 +353,18 @@ class ResNet(nn.Module):
     def __call__(self, x: Array, *, train: bool) -> Array:
         act = ACTIVATIONS[self.activation]
         kinit = KERNEL_INITS[self.kernel_init]
-        biased_conv = functools.partial(BiasConv, kernel_init=kinit, dtype=self.dtype,
-                                        bias_init_kind='zeros' if self.kernel_init == 'he_normal' else 'pytorch')
+        biased_conv = with_padding(functools.partial(
+            BiasConv, kernel_init=kinit, dtype=self.dtype,
+            bias_init_kind='zeros' if self.kernel_init == 'he_normal' else 'pytorch'),
+            self.conv_padding)
         if self.conv_bias:
             conv = biased_conv
         else:
-            conv = functools.partial(nn.Conv, use_bias=False, kernel_init=kinit, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+            conv = with_padding(functools.partial(nn.Conv, use_bias=False, kernel_init=kinit,
+                                                  dtype=self.dtype), self.conv_padding)
+        # 'unbiased': running variance as PyTorch/Keras track it; 'biased': Flax's.
+        norm_cls = BatchNorm if self.bn_running_var == 'unbiased' else nn.BatchNorm
+        norm = functools.partial(norm_cls, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)
 
@@ -375,6 +442,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
         dense_init=cfg.dense_init,
         bn_momentum=cfg.bn_momentum,
         bn_epsilon=cfg.bn_epsilon,
+        bn_running_var=cfg.bn_running_var,
+        conv_padding=cfg.conv_padding,
         zero_init_residual=cfg.zero_init_residual,
         dtype=dtype,
     )

@@ -6,6 +6,8 @@ into steps with ``steps_per_epoch``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -14,13 +16,93 @@ import ml_collections
 import optax
 
 
+def epoch_decay_schedule(lr: float, rate: float, every_epochs: int, steps_per_epoch: int,
+                         epoch_offset: int = 0) -> optax.Schedule:
+    """``lr * rate ** ((epoch + epoch_offset) // every_epochs)``, constant within an epoch.
+
+    PyTorch StepLR (every_epochs=N) and ExponentialLR (every_epochs=1) stepped once
+    per epoch; Keras ``LearningRateScheduler(lambda e: lr * rate**e)`` likewise.
+    """
+
+    def schedule(step):
+        epoch = jnp.asarray(step) // steps_per_epoch + epoch_offset
+        return lr * jnp.power(jnp.float32(rate), (epoch // every_epochs).astype(jnp.float32))
+
+    return schedule
+
+
+def epoch_cosine_schedule(lr: float, end_lr: float, num_epochs: int, steps_per_epoch: int
+                          ) -> optax.Schedule:
+    """PyTorch CosineAnnealingLR(T_max=num_epochs, eta_min=end_lr) stepped per epoch."""
+
+    def schedule(step):
+        epoch = jnp.minimum(jnp.asarray(step) // steps_per_epoch, num_epochs)
+        cos = jnp.cos(jnp.pi * epoch.astype(jnp.float32) / num_epochs)
+        return end_lr + (lr - end_lr) * (1 + cos) / 2
+
+    return schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class OneCycle:
+    """PyTorch OneCycleLR (two phases, cosine annealing) as functions of the step.
+
+    Calling it gives the learning rate: ``max_lr / div_factor`` up to ``max_lr``
+    over the first ``pct_start`` of the steps, then down to ``initial /
+    final_div_factor``.  ``momentum(step)`` is the inverse cycle (max -> base ->
+    max) that PyTorch writes into SGD's momentum or Adam's beta1.
+    """
+
+    max_lr: float
+    total_steps: int
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+
+    def __call__(self, step) -> jax.Array:
+        initial = self.max_lr / self.div_factor
+        return self._cycle(step, initial, self.max_lr, initial / self.final_div_factor)
+
+    def momentum(self, step) -> jax.Array:
+        return self._cycle(step, self.max_momentum, self.base_momentum, self.max_momentum)
+
+    def _cycle(self, step, start: float, peak: float, end: float) -> jax.Array:
+        # PyTorch's phase boundaries: warm-up ends at step pct_start*total - 1 (a
+        # float), annealing at total - 1.  Steps past the end stay at ``end``.
+        warm_end = float(self.pct_start * self.total_steps) - 1
+        last = self.total_steps - 1
+        step = jnp.minimum(jnp.asarray(step, jnp.float32), last)
+        up = _cos_anneal(start, peak, step / max(warm_end, 1e-12))
+        down = _cos_anneal(peak, end, (step - warm_end) / max(last - warm_end, 1e-12))
+        return jnp.where(step <= warm_end, up, down)
+
+
+def _cos_anneal(start: float, end: float, pct: jax.Array) -> jax.Array:
+    return end + (start - end) / 2 * (jnp.cos(jnp.pi * pct) + 1)
+
+
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                     total_steps: int) -> optax.Schedule:
-    """The learning rate as a function of the step (``config.schedule``)."""
+    """The learning rate as a function of the step (``config.schedule``).
+
+    ``total_steps`` is the schedule's length (``num_epochs * steps_per_epoch``).
+    """
     s = config.schedule
     lr = s.learning_rate
+    num_epochs = max(1, math.ceil(total_steps / max(steps_per_epoch, 1)))
     if s.name == 'constant':
         return optax.constant_schedule(lr)
+    if s.name in ('step', 'exponential'):
+        every = s.decay_epochs if s.name == 'step' else 1
+        return epoch_decay_schedule(lr, s.decay_rate, every, steps_per_epoch, s.epoch_offset)
+    if s.name == 'cosine_epochs':
+        return epoch_cosine_schedule(lr, s.end_learning_rate, num_epochs, steps_per_epoch)
+    if s.name == 'onecycle':
+        return OneCycle(max_lr=lr, total_steps=max(total_steps, 2), pct_start=s.pct_start,
+                        div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+                        base_momentum=s.base_momentum, max_momentum=s.max_momentum)
     if s.name == 'warmup_cosine':
         warmup = int(round(s.warmup_epochs * steps_per_epoch))
         warmup = min(warmup, max(total_steps - 1, 0))
@@ -39,6 +121,9 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                      ) -> optax.GradientTransformation:
     """Gradient clipping, weight decay and the update rule, in PyTorch's order."""
     o = config.optimizer
+    # OneCycle's inverse momentum cycle, fed to the update rule step by step.
+    momentum = (schedule.momentum if isinstance(schedule, OneCycle)
+                and config.schedule.cycle_momentum else None)
     parts = []
     if o.grad_clip_value > 0:
         parts.append(optax.clip(o.grad_clip_value))
@@ -48,10 +133,17 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
         # PyTorch `weight_decay`: g += wd * p on every parameter, before momentum.
         parts.append(optax.add_decayed_weights(o.weight_decay))
     if o.name == 'sgd':
-        if o.momentum:
+        if momentum is not None:  # PyTorch cycles it even when SGD's momentum is 0
+            parts.append(optax.inject_hyperparams(optax.trace, static_args=('nesterov',))(
+                decay=momentum, nesterov=o.nesterov))
+        elif o.momentum:
             parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
     elif o.name == 'adam':
-        parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
+        if momentum is not None:
+            parts.append(optax.inject_hyperparams(optax.scale_by_adam)(
+                b1=momentum, b2=o.b2, eps=o.eps))
+        else:
+            parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
     else:
         raise ValueError(f'unknown optimizer {o.name!r}')
     if o.weight_decay > 0 and o.weight_decay_mode == 'decoupled':

@@ -326,7 +326,7 @@ def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: st
         raise checkpointing.CheckpointError(
             f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
             + '. Use a new --workdir, or start from those weights on purpose with '
-            '--config.init_from=' + ckpt_dir + ' in a new workdir.')
+            f'--config.init_from={ckpt_dir} in a new workdir.')
 
 
 def _lookup(d: dict, dotted: str) -> Any:
@@ -347,9 +347,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+        except OSError as e:
+            raise config_validation.ConfigError(
+                f'cannot write to --workdir {workdir}: {e.strerror or e}. Choose a writable '
+                'directory.') from None
     ds = ds if ds is not None else datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
     trainer = Trainer.build(config, ds, mesh)
@@ -357,10 +361,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     cfg = config
 
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
-    start_step = manager.latest_step()
+    start_step, state = checkpointing.restore_latest_good(
+        manager, trainer.abstract_state(),
+        check_meta=lambda meta: _check_resumable(meta, config, manager.directory))
     if start_step is not None:
-        _check_resumable(checkpointing.read_meta(manager, start_step), config, manager.directory)
-        state = checkpointing.restore_state(manager, start_step, trainer.abstract_state())
         logging.info('Resumed from step %d in %s', start_step, manager.directory)
     else:
         state = trainer.init_state()
@@ -375,7 +379,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     spe = trainer.steps_per_epoch
 
     def meta(eval_metrics=None):
+        # class_names and image_shape let --mode=predict work without the data set.
         return {'config': json.loads(config.to_json_best_effort()), 'steps_per_epoch': spe,
+                'class_names': list(ds.class_names), 'image_shape': list(ds.image_shape),
                 'metrics': eval_metrics or {}}
 
     def save(step, eval_results=None):
@@ -395,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def check_finite(host_metrics, step):
         loss = float(np.mean(np.concatenate([np.ravel(m['loss']) for m in host_metrics])))
         if not np.isfinite(loss):
-            manager.wait_until_finished()
+            checkpointing.wait(manager)
             good = manager.latest_step()
             raise NonFiniteLossError(
                 f'training loss became {loss} by step {step}. Last good checkpoint: '
@@ -463,13 +469,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if preempted and not last:
                 if not do_save:
                     save(step)
-                manager.wait_until_finished()
+                checkpointing.wait(manager)
                 writer.flush()
                 raise Preempted(
                     f'Preempted (signal {stop.received or "from the cluster"}): saved a '
                     f'checkpoint at step {step} in {manager.directory}. Re-run the same '
                     'command to resume.')
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
     writer.flush()
     if eval_results is None:  # resumed at the end: nothing left to train
         eval_results = trainer.evaluate(state, data)
@@ -480,9 +486,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return eval_results
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_text(path: str, text: str) -> None:
     """Writes atomically (temp file + rename): never a half-written file."""
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2))

@@ -54,3 +54,187 @@ def test_train_batch_does_not_depend_on_device_count():
     assert len(jax.devices()) == 8
     np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])
     np.testing.assert_array_equal(outs[0]['label'], outs[1]['label'])
+
+
+# --------------------------------------------------------------------------- #
+# The seed augmentations (rotation/shift, flips, colour jitter, resized crop,
+# standardisation): shapes, determinism, identity at zero strength.
+# --------------------------------------------------------------------------- #
+import colorsys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+from jaxres import config_validation  # noqa: E402
+
+
+def _images(n=6, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(1, 256, (n, size, size, 3)), jnp.uint8)
+
+
+def _keys(n=6, seed=0):
+    return jax.random.split(jax.random.key(seed), n)
+
+
+def _aug(**kw):
+    return input_pipeline.Augmentation(mean=(0.5,) * 3, std=(0.25,) * 3, **kw)
+
+
+def test_default_augment_draws_the_same_crop_and_flip_as_before():
+    """Only crop + flip configured: the exact batches of earlier jaxres versions."""
+    x, keys = _images(), _keys()
+    crop_keys, flip_keys = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
+    want = input_pipeline.random_hflip(
+        input_pipeline.random_crop(x, crop_keys, 4, 'reflect'), flip_keys)
+    got = input_pipeline.augment(x, keys, _aug(crop_padding=4, padding_mode='reflect', hflip=True))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('op,kw', [
+    ('affine', dict(rotation=30.0, width_shift=0.1, height_shift=0.1)),
+    ('affine', dict(rotation=10.0, interpolation='nearest', fill='nearest')),
+    ('color_jitter', dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)),
+    ('random_resized_crop', dict(random_resized_crop=True)),
+    ('vflip', dict(vflip=True)),
+])
+def test_new_ops_are_deterministic_per_key_and_keep_shape(op, kw):
+    aug = _aug(**kw)
+    assert aug.ops() == (op,)
+    x = _images()
+    fn = jax.jit(lambda x, k: input_pipeline.augment(x, k, aug))
+    a, b, c = fn(x, _keys(seed=1)), fn(x, _keys(seed=1)), fn(x, _keys(seed=2))
+    assert a.shape == x.shape and a.dtype == jnp.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_new_ops_are_the_identity_at_zero_strength():
+    x, keys = _images(), _keys()
+    ip = input_pipeline
+    run = lambda fn, *args: jax.jit(lambda x, k: fn(x, k, *args))(x, keys)
+    np.testing.assert_array_equal(run(ip.random_affine, 0.0, 0.0, 0.0), x)
+    np.testing.assert_array_equal(run(ip.random_affine, 0.0, 0.0, 0.0, 'nearest', 'nearest'), x)
+    np.testing.assert_array_equal(run(ip.random_color_jitter), x)
+    np.testing.assert_array_equal(run(ip.random_resized_crop, 16, (1.0, 1.0), (1.0, 1.0)), x)
+    assert _aug().ops() == ()
+    np.testing.assert_array_equal(ip.augment(x, keys, _aug()), x)
+
+
+def test_vflip_flips_rows_or_nothing():
+    x, keys = _images(n=16), _keys(n=16)
+    y = input_pipeline.random_vflip(x, keys)
+    flipped = [not np.array_equal(y[i], x[i]) for i in range(16)]
+    for i in range(16):
+        np.testing.assert_array_equal(y[i], x[i, ::-1] if flipped[i] else x[i])
+    assert 0 < sum(flipped) < 16
+
+
+def test_affine_fill_modes_and_a_pure_shift():
+    x, keys = _images(n=8), _keys(n=8)
+    rotated = input_pipeline.random_affine(x, keys, 45.0, 0.0, 0.0, 'bilinear', 'constant')
+    assert (np.asarray(rotated) == 0).any()  # corners read outside: black (torchvision)
+    edge = input_pipeline.random_affine(x, keys, 45.0, 0.0, 0.0, 'nearest', 'nearest')
+    assert not (np.asarray(edge) == 0).any()  # 'nearest' repeats the edge (Keras); no 0 pixel
+    # A height shift of at most 1/16 of 16 rows, nearest interpolation: away from
+    # the edge rows every image is the input moved by -1, 0 or 1 whole rows.
+    shifted = input_pipeline.random_affine(x, keys, 0.0, 1 / 16, 0.0, 'nearest', 'nearest')
+    for i in range(8):
+        best = min((-1, 0, 1), key=lambda s: np.abs(np.asarray(shifted[i], int)
+                                                    - np.roll(x[i], s, 0))[2:-2].sum())
+        np.testing.assert_array_equal(shifted[i][2:-2], np.roll(x[i], best, 0)[2:-2])
+
+
+def test_brightness_scales_every_pixel_of_an_image_alike():
+    x = jnp.full((4, 8, 8, 3), 100, jnp.uint8)
+    y = np.asarray(jax.jit(lambda x, k: input_pipeline.random_color_jitter(x, k, brightness=0.5))(
+        x, _keys(n=4)))
+    for img in y:
+        assert len(np.unique(img)) == 1 and 50 <= img.flat[0] <= 150
+    assert len(np.unique(y[:, 0, 0, 0])) > 1  # a different factor per image
+
+
+def test_hue_conversion_matches_colorsys():
+    rgb = np.random.default_rng(0).uniform(size=(50, 3)).astype(np.float32)
+    hsv = np.asarray(input_pipeline._rgb_to_hsv(jnp.asarray(rgb)))
+    want = np.array([colorsys.rgb_to_hsv(*p) for p in rgb])
+    np.testing.assert_allclose(hsv, want, atol=1e-5)
+    back = np.asarray(input_pipeline._hsv_to_rgb(jnp.asarray(hsv)))
+    np.testing.assert_allclose(back, rgb, atol=1e-5)
+
+
+def test_random_resized_crop_size_and_box():
+    x, keys = _images(), _keys()
+    rrc = jax.jit(lambda x, k: input_pipeline.random_resized_crop(x, k, 40))
+    y = rrc(x, keys)
+    assert y.shape == (6, 40, 40, 3)
+    # A constant image stays constant whatever box is cut.
+    flat = jnp.full((6, 16, 16, 3), 77, jnp.uint8)
+    np.testing.assert_array_equal(rrc(flat, keys), np.full((6, 40, 40, 3), 77))
+    # normalize() then leaves the crop's size alone (no second resize).
+    assert input_pipeline.normalize(y, _aug(image_size=40)).shape == (6, 40, 40, 3)
+
+
+def test_explicit_order_with_repeats_as_seed_002():
+    aug = _aug(rotation=10.0, interpolation='nearest', crop_padding=4, hflip=True,
+               order=('hflip', 'crop', 'hflip', 'affine', 'crop'))
+    x = _images()
+    y = jax.jit(lambda x, k: input_pipeline.augment(x, k, aug))(x, _keys())
+    assert y.shape == x.shape
+    # Two flips and two crops are not one: the repeats change the result.
+    once = _aug(rotation=10.0, interpolation='nearest', crop_padding=4, hflip=True)
+    assert not np.array_equal(y, jax.jit(lambda x, k: input_pipeline.augment(x, k, once))(
+        x, _keys()))
+
+
+def test_augment_order_must_match_the_enabled_ops():
+    with pytest.raises(config_validation.ConfigError, match='augment_order'):
+        config_validation.validate(tiny_config(**{'data.augment_order': ('crop',)}))  # hflip on
+    with pytest.raises(config_validation.ConfigError, match='unknown ops'):
+        config_validation.validate(tiny_config(**{'data.augment_order': ('crop', 'mixup')}))
+    config_validation.validate(tiny_config(**{'data.augment_order': ('hflip', 'crop', 'hflip')}))
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'data.hue': 0.6}, 'hue'),
+    ({'data.crop_scale': (0.5, 1.5)}, 'crop_scale'),
+    ({'data.standardize': 'scalar'}, 'scalar'),
+    ({'data.standardize': 'pixel'}, 'standardize'),
+    ({'data.fill': 'wrap'}, 'fill'),
+    ({'data.rotation': -1.0}, 'rotation'),
+])
+def test_bad_augmentation_settings_get_one_clear_message(overrides, match):
+    with pytest.raises(config_validation.ConfigError, match=match):
+        config_validation.validate(tiny_config(**overrides))
+
+
+def test_standardize_modes():
+    x = _images()
+    per_channel = input_pipeline.normalize(x, _aug())
+    np.testing.assert_allclose(per_channel, (np.asarray(x) / 255 - 0.5) / 0.25, atol=1e-5)
+    scalar = input_pipeline.Augmentation(mean=(0.4,), std=(0.2,), standardize='scalar')
+    np.testing.assert_allclose(input_pipeline.normalize(x, scalar),
+                               (np.asarray(x) / 255 - 0.4) / 0.2, atol=1e-5)
+    image = np.asarray(input_pipeline.normalize(x, _aug(standardize='image')))
+    np.testing.assert_allclose(image.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(image.std(axis=(1, 2, 3)), 1, atol=1e-4)
+    constant = input_pipeline.normalize(jnp.full((1, 4, 4, 3), 9, jnp.uint8),
+                                        _aug(standardize='image'))
+    assert np.isfinite(np.asarray(constant)).all()
+
+
+def test_all_ops_in_train_batch_do_not_depend_on_device_count():
+    ds = random_dataset(n_train=64)
+    # The ops that read other pixels (colour jitter is per pixel, left out for speed).
+    aug = _aug(crop_padding=1, hflip=True, vflip=True, rotation=20.0, width_shift=0.1,
+               random_resized_crop=True, image_size=12)
+    outs = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = sharding.make_data_mesh(devices)
+        data = input_pipeline.to_device(ds, mesh, 8)
+        order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+        fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
+            d, o, s, 0, jax.random.key(1), aug, batch_sharding=sharding.batch_sharded(mesh)))
+        outs.append(jax.device_get(fn(data, order, jnp.int32(1))))
+    assert outs[0]['image'].shape == (32, 12, 12, 3)
+    np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])

@@ -1,0 +1,322 @@
+"""``--mode=predict``: class probabilities for unlabeled images from a checkpoint.
+
+Input (``config.predict.input``), chosen by what the path is:
+
+- ``*.npy``: uint8 images (N, H, W, C) or (N, H, W) for one channel; read with
+  ``allow_pickle=False``.
+- a directory: every image file below it (``.png .jpg .jpeg .bmp .gif .webp``,
+  any depth), in the order of their paths relative to the directory, sorted as
+  strings (``a/10.png`` < ``a/2.png`` < ``b/1.png``); row i of the output is the
+  i-th path in that order.
+- ``*.pkl`` / ``*.pickle`` / no suffix: a CIFAR-style pickle batch, a dict whose
+  ``data`` entry is a uint8 array (N, C*H*W) of channel-first rows (CIFAR:
+  (N, 3072) = 3x32x32).  Read with ``safe_io.safe_unpickle``, which refuses
+  anything but plain containers and NumPy arrays.
+
+Output (``config.predict.output``): ``*.npy`` with (N, num_classes) float32
+softmax probabilities in input order, or ``*.csv`` with
+``index,label,class_name,confidence``.  Images go through the evaluation
+preprocessing (``input_pipeline.normalize``, flip TTA if ``config.eval.tta``)
+and the checkpoint ``config.eval.checkpoint`` selects.  The output is written to
+a temporary file and renamed, so a failure never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxres import checkpointing, config_validation, datasets, input_pipeline, models
+from jaxres import safe_io, sharding, train
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
+PICKLE_SUFFIXES = ('.pkl', '.pickle', '')
+OUTPUT_SUFFIXES = ('.npy', '.csv')
+
+
+class PredictError(datasets.DataError):
+    """Unusable predict input or output; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------- #
+# Reading the input (host side, pure)
+# --------------------------------------------------------------------------- #
+def read_images(path: str) -> np.ndarray:
+    """uint8 NHWC images from a .npy, an image folder or a CIFAR-style pickle batch."""
+    if not path:
+        raise PredictError('config.predict.input is empty; pass --config.predict.input=PATH '
+                           '(a .npy of uint8 images, an image folder or a pickle batch).')
+    if not os.path.exists(path):
+        raise PredictError(f'predict input {path} does not exist.')
+    if os.path.isdir(path):
+        return read_image_folder(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == '.npy':
+        return read_npy(path)
+    if suffix in PICKLE_SUFFIXES:
+        return read_pickle_batch(path)
+    raise PredictError(f'predict input {path}: unknown suffix {suffix!r}; give a .npy of uint8 '
+                       'images, an image folder, or a CIFAR-style pickle batch (.pkl, .pickle '
+                       'or no suffix).')
+
+
+def read_npy(path: str) -> np.ndarray:
+    try:
+        images = safe_io.load_npy(path)
+    except (ValueError, OSError, EOFError) as e:  # not an .npy, or an object (pickled) array
+        raise PredictError(f'{path} is not a readable .npy array ({str(e)[:200]}).') from None
+    if not isinstance(images, np.ndarray):  # np.load returns an archive for .npz data
+        raise PredictError(f'{path} is not a .npy array (it is an .npz archive).')
+    return as_images(images, path)
+
+
+def read_pickle_batch(path: str) -> np.ndarray:
+    try:
+        with open(path, 'rb') as f:
+            batch = safe_io.safe_unpickle(f)
+    except safe_io.UnsafePickleError as e:
+        raise PredictError(f'{path}: {e}. Nothing was executed.') from None
+    except Exception as e:  # pylint: disable=broad-except  # malformed pickles fail many ways
+        raise PredictError(f'{path} is not a pickle batch ({type(e).__name__}: '
+                           f'{str(e)[:200]}).') from None
+    if not isinstance(batch, dict) or 'data' not in batch:
+        raise PredictError(f'{path} holds no dict with a "data" entry (a CIFAR-style batch); '
+                           f'found {type(batch).__name__}.')
+    return rows_to_images(batch['data'], path)
+
+
+def rows_to_images(rows: Any, source: str, channels: int = 3) -> np.ndarray:
+    """(N, C*S*S) channel-first uint8 rows (CIFAR layout) -> (N, S, S, C)."""
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2:
+        desc = (f'{rows.dtype} array of shape {rows.shape}' if isinstance(rows, np.ndarray)
+                else type(rows).__name__)
+        raise PredictError(f'{source}: "data" is a {desc}; expected a uint8 array (N, '
+                           f'{channels}*H*W) of channel-first rows, as in CIFAR (N, 3072).')
+    side = int(round((rows.shape[1] / channels) ** 0.5))
+    if channels * side * side != rows.shape[1]:
+        raise PredictError(f'{source}: rows of {rows.shape[1]} values are not {channels} '
+                           'square channels (CIFAR: 3072 = 3x32x32).')
+    return rows.reshape(-1, channels, side, side).transpose(0, 2, 3, 1)
+
+
+def read_image_folder(path: str) -> np.ndarray:
+    """Every image below ``path`` in sorted relative-path order, as one uint8 array."""
+    from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+
+    files = image_files(path)
+    if not files:
+        raise PredictError(f'image folder {path} holds no {"/".join(IMAGE_SUFFIXES)} files.')
+    images = []
+    for name in files:
+        try:
+            with Image.open(os.path.join(path, name)) as im:
+                im = im.convert('L' if im.mode in ('1', 'L', 'I', 'I;16', 'F') else 'RGB')
+                images.append(np.asarray(im, np.uint8))
+        except (UnidentifiedImageError, OSError) as e:
+            raise PredictError(f'{os.path.join(path, name)} is not a readable image '
+                               f'({str(e)[:200]}).') from None
+        if images[-1].shape != images[0].shape:
+            raise PredictError(f'{os.path.join(path, name)} is {images[-1].shape[:2]} but '
+                               f'{files[0]} is {images[0].shape[:2]}: all images need one size '
+                               'and colour mode.')
+    return as_images(np.stack(images), path)
+
+
+def image_files(path: str) -> list[str]:
+    """Paths (relative to ``path``) of the image files below it, sorted as strings."""
+    found = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(os.path.relpath(os.path.join(root, name), path))
+    return sorted(found)
+
+
+def as_images(x: np.ndarray, source: str) -> np.ndarray:
+    """Checks dtype and rank: uint8 (N, H, W, C) with C in (1, 3), or (N, H, W)."""
+    if x.dtype != np.uint8:
+        raise PredictError(f'{source} has dtype {x.dtype}; expected uint8 images (0-255).')
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.shape[0] == 0:
+        raise PredictError(f'{source} has shape {x.shape}; expected (N, H, W, C) images with '
+                           'N > 0 and C = 1 or 3.')
+    return x
+
+
+def check_image_shape(images: np.ndarray, expected: Sequence[int] | None, source: str) -> None:
+    """The images must have the (H, W, C) the model was trained on."""
+    if expected is not None and tuple(images.shape[1:]) != tuple(expected):
+        raise PredictError(f'{source} holds images of shape {tuple(images.shape[1:])}, but the '
+                           f'model was trained on {tuple(expected)} (H, W, C).')
+
+
+# --------------------------------------------------------------------------- #
+# The model
+# --------------------------------------------------------------------------- #
+def probabilities(variables: dict[str, Any], images: jax.Array, *, apply_fn: Callable,
+                  aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool) -> jax.Array:
+    """Softmax probabilities (float32) of uint8 images, preprocessed as in evaluation."""
+    x = input_pipeline.normalize(images, aug, dtype)
+    probs = jax.nn.softmax(apply_fn(variables, x, train=False).astype(jnp.float32))
+    if tta_flip:  # the same average as eval_step's flip TTA
+        flipped = apply_fn(variables, x[:, :, ::-1], train=False).astype(jnp.float32)
+        probs = (probs + jax.nn.softmax(flipped)) / 2
+    return probs
+
+
+def predict_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
+                    mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
+    """Applies ``fn`` batch by batch (sharded over ``mesh``); pads so any N works."""
+    n_dev = mesh.size
+    batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
+    batch_size = min(batch_size, -(-len(images) // n_dev) * n_dev)
+    labels = np.zeros(len(images), np.int32)
+    batches, _, _ = input_pipeline.pad_eval_batches(images, labels, batch_size)
+    batch_sharding = sharding.batch_sharded(mesh)
+    out = []
+    for batch in batches:
+        x = jax.make_array_from_callback(batch.shape, batch_sharding, lambda i, b=batch: b[i])
+        # The output is replicated: any local copy is the whole batch, on every host.
+        out.append(np.asarray(fn(x).addressable_data(0)))
+    return np.concatenate(out)[:len(images)].astype(np.float32)
+
+
+def variables_for(model: models.ResNet, restored: dict[str, Any],
+                  image_shape: Sequence[int]) -> dict[str, Any]:
+    """Checks the restored tree against ``model`` (built from the config) at this input."""
+    expected = jax.eval_shape(functools.partial(
+        model.init, jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
+    want = leaf_shapes({k: expected.get(k, {}) for k in ('params', 'batch_stats')})
+    got = leaf_shapes(restored)
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            raise checkpointing.CheckpointError(
+                f'the checkpoint does not fit config.model for {tuple(image_shape)} images: '
+                f'{key} is {got.get(key, "missing")} in the checkpoint but '
+                f'{want.get(key, "missing")} in the model. Use the --config the checkpoint '
+                'was trained with.')
+    return restored
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"['params']['head']['kernel']": shape, ...}`` of a pytree."""
+    return {jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+# --------------------------------------------------------------------------- #
+# Writing the output
+# --------------------------------------------------------------------------- #
+def csv_rows(probs: np.ndarray, class_names: Sequence[str]) -> list[list[Any]]:
+    """``index,label,class_name,confidence`` rows, one per image."""
+    labels = np.argmax(probs, -1)
+    return [[i, int(k), class_names[k], f'{probs[i, k]:.6f}'] for i, k in enumerate(labels)]
+
+
+def write_output(path: str, probs: np.ndarray, class_names: Sequence[str]) -> None:
+    """Writes .npy probabilities or .csv rows atomically (temp file + rename)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == '.npy':
+        buf = io.BytesIO()
+        np.save(buf, probs.astype(np.float32), allow_pickle=False)
+        data = buf.getvalue()
+    else:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator='\n')
+        writer.writerow(['index', 'label', 'class_name', 'confidence'])
+        writer.writerows(csv_rows(probs, class_names))
+        data = text.getvalue().encode('utf-8')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_output_path(path: str) -> None:
+    if not path:
+        raise PredictError('config.predict.output is empty; pass --config.predict.output='
+                           'OUT.npy (probabilities) or OUT.csv (labels).')
+    if os.path.splitext(path)[1].lower() not in OUTPUT_SUFFIXES:
+        raise PredictError(f'config.predict.output={path!r} must end in .npy (probabilities) '
+                           'or .csv (index,label,class_name,confidence).')
+    if os.path.isdir(path):
+        raise PredictError(f'config.predict.output={path!r} is a directory; give a file name.')
+
+
+# --------------------------------------------------------------------------- #
+# The mode
+# --------------------------------------------------------------------------- #
+def class_names_for(meta: dict, config: ml_collections.ConfigDict, num_classes: int
+                    ) -> tuple[str, ...]:
+    """Class names stored in the checkpoint, else the data set's, else '0', '1', ..."""
+    names = meta.get('class_names')
+    if not names:
+        names = _dataset_class_names(config)
+    if not names or len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return tuple(str(n) for n in names)
+
+
+def _dataset_class_names(config: ml_collections.ConfigDict) -> list[str] | None:
+    """Label names from TFDS metadata (no image is read); None when unavailable."""
+    if config.dataset == 'digits':
+        return [str(i) for i in range(10)]
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
+        return list(builder.info.features['label'].names) if builder.is_prepared() else None
+    except Exception:  # pylint: disable=broad-except  # any failure: fall back to indices
+        return None
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
+            ) -> tuple[np.ndarray, tuple[str, ...], int]:
+    """(probabilities, class names, checkpoint step) for uint8 NHWC ``images``."""
+    manager, step = checkpointing.open_checkpoint(config.eval.checkpoint, workdir,
+                                                  config.checkpoint.best_metric)
+    meta = checkpointing.read_meta(manager, step)
+    check_image_shape(images, meta.get('image_shape'), config.predict.input or 'the images')
+    mesh = sharding.make_data_mesh()
+    restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
+    num_classes = int(restored['params']['head']['kernel'].shape[-1])
+    dtype = train.compute_dtype(config)
+    model = models.create_model(config.model, num_classes, dtype)
+    shape = train.model_input_shape(config, images.shape[1:])
+    variables = variables_for(model, restored, shape)
+    jitted = jax.jit(functools.partial(
+        probabilities, apply_fn=model.apply,
+        aug=input_pipeline.Augmentation.from_config(config), dtype=dtype,
+        tta_flip=bool(config.eval.get('tta', False))),
+        out_shardings=sharding.replicated(mesh))
+    probs = predict_batched(lambda x: jitted(variables, x), images, mesh,
+                            config.eval_batch_size)
+    return probs, class_names_for(meta, config, num_classes), step
+
+
+def predict_to_file(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Runs ``--mode=predict``; returns the line to print."""
+    config_validation.validate(config)
+    out = config.predict.output
+    check_output_path(out)  # before any work: a bad name should not cost a compile
+    images = read_images(config.predict.input)
+    probs, names, step = predict(config, workdir, images)
+    if jax.process_index() == 0:
+        write_output(out, probs, names)
+    counts = np.bincount(np.argmax(probs, -1), minlength=len(names))
+    top = ', '.join(f'{names[k]} {counts[k]}' for k in np.argsort(-counts)[:3])
+    return (f'predicted {len(probs)} images with checkpoint step {step} '
+            f'(most frequent: {top}); wrote {os.path.abspath(out)}')

@@ -1,0 +1,11 @@
+"""Runs tests/fault_injection.py: 5 SIGKILLs + resumes are bitwise identical to an
+uninterrupted run; SIGTERM exits 143 with a checkpoint at the step reached."""
+
+import fault_injection
+
+
+def test_sigkill_resume_is_bitwise_identical_and_sigterm_checkpoints(tmp_path):
+    rows = fault_injection.run_faults(str(tmp_path), kills=5, seed=1)
+    assert sum(r['fault'].startswith('SIGKILL') for r in rows) == 5
+    assert rows[-2]['outcome'] == 'bitwise identical to the uninterrupted run'
+    assert rows[-1]['outcome'].startswith('exit 143')
