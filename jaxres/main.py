@@ -96,6 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
         if mode == 'train':
             results = train.train_and_evaluate(config, workdir)
             _print_results(results, workdir)
+            _print_closing_summary(results, workdir)
         elif mode == 'eval':
             results = evaluate_checkpoint(config, workdir)
             _print_results(results, workdir)
@@ -114,6 +115,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
         print(str(e), file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
     return 0
+
+
+def _print_closing_summary(results: dict, workdir: str) -> None:
+    """Where everything of the run is, its plots, and what to run next."""
+    if jax.process_index() != 0:
+        return
+    from jaxres import plot  # pylint: disable=g-import-not-at-top
+    d = os.path.abspath(workdir)
+    try:
+        plots = plot.plot_workdir(d)
+    except Exception as e:  # pylint: disable=broad-except  # plots never fail a run
+        plots = [f'(not written: {e})']
+    print(f"\nDone in {results.get('wall_time_s', 0):.0f} s. Workdir {d}:\n"
+          f"  checkpoints   {os.path.join(d, 'checkpoints')}\n"
+          f"  metrics       {os.path.join(d, 'metrics.jsonl')} "
+          f"(TensorBoard: tensorboard --logdir {d})\n"
+          f"  results       {os.path.join(d, 'eval_results.json')}\n"
+          f"  plots         {', '.join(plots)}\n"
+          'Next: train a ResNet-18 on CIFAR-10 (TFDS downloads it; offline, first run\n'
+          '  python -m jaxres.prepare_data --source CIFAR_ARCHIVE_OR_IMAGE_FOLDER '
+          '--data_dir ~/tensorflow_datasets):\n'
+          '  python launch.py --config configs/cifar10_resnet18.py --workdir runs/r18')
 
 
 def _print_results(results: dict, workdir: str) -> None:

@@ -15,3 +15,5 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'test accuracy' in out and 'on 360 examples' in out
     assert os.path.exists(os.path.join(workdir, 'eval_results.json'))
+    assert 'configs/cifar10_resnet18.py' in out  # the closing summary says what is next
+    assert os.path.getsize(os.path.join(workdir, 'plots', 'learning_curves.png')) > 0
