@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from clu import periodic_actions
 from flax.training import train_state
 
@@ -107,6 +108,24 @@ def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip:
         'count': jnp.sum(m),
         'confusion': jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, pred].add(m),
     }
+
+
+# Training metrics averaged over the steps between two log events (built with
+# Collection.create: this module's postponed annotations hide class-body fields).
+TrainMetrics = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output('loss'),
+    accuracy=clu_metrics.Average.from_output('accuracy'))
+
+
+def summarize_train(host_metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Merges fetched per-step metrics (each a step, or a (K,) stack of K steps
+    from ``steps_per_dispatch``) with ``clu.metrics`` and computes the averages."""
+    merged = None
+    for m in host_metrics:
+        one = TrainMetrics.single_from_model_output(loss=np.ravel(m['loss']),
+                                                    accuracy=np.ravel(m['accuracy']))
+        merged = one if merged is None else merged.merge(one)
+    return {k: float(v) for k, v in merged.compute().items()}
 
 
 def evaluate_all(state: TrainState, data: input_pipeline.DeviceData,
@@ -414,12 +433,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         nonlocal pending, t_log, step_log
         host = jax.device_get(pending)
         pending = []
-        loss = check_finite(host, step)
-        mean = lambda key: float(np.mean(np.concatenate([np.ravel(m[key]) for m in host])))
-        with jax.transfer_guard('allow'):  # optax schedules run jnp ops
+        check_finite(host, step)
+        with jax.transfer_guard('allow'):  # optax schedules and clu metrics run jnp ops
             lr = float(trainer.schedule(step - 1))
-        scalars = {'epoch': step / spe, 'lr': lr, 'train_loss': loss,
-                   'train_accuracy': mean('accuracy'),
+            averaged = summarize_train(host)
+        scalars = {'epoch': step / spe, 'lr': lr, 'train_loss': averaged['loss'],
+                   'train_accuracy': averaged['accuracy'],
                    'images_per_sec': (step - step_log) * cfg.batch_size /
                                      max(time.time() - t_log, 1e-9)}
         if cfg.nonfinite == 'skip':
