@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.download = True  # let TFDS download when the dataset is not prepared yet
   c.train_split = 'train'
   c.eval_split = 'test'
-  c.validation_size = 0  # > 0: hold out the LAST N training examples as 'validation'
+  c.validation_size = 0  # > 0: hold out N training examples as the 'validation' split
+  c.validation_from = 'random'  # 'random' (seeded, fixed) or 'end' (the last N)
   # dataset='synthetic': generated images, no files (tests, benchmarks).
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_train = 2048

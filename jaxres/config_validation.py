@@ -32,6 +32,7 @@ _CHOICES = {
     'data.fill': ('constant', 'nearest'),
     'data.standardize': ('channel', 'scalar', 'image'),
     'nonfinite': ('stop', 'skip'),
+    'validation_from': ('random', 'end'),
 }
 
 _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedule.warmup_epochs',

@@ -68,13 +68,33 @@ class ImageDataset:
             raise DataError(f'classes {[names[i] for i in empty]} have no training example.')
         return cls(x_train, y_train, x_test, y_test, names)
 
-    def split_validation(self, size: int) -> 'ImageDataset':
-        """Holds out the last ``size`` training examples as the eval split."""
-        if not 0 < size < len(self.train_labels):
-            raise DataError(f'validation_size={size} must be in (0, {len(self.train_labels)}).')
+    def split_validation(self, size: int, take_from: str = 'random') -> 'ImageDataset':
+        """Holds out ``size`` training examples as the eval split.
+
+        take_from='random': a fixed seeded random subset (any data order);
+        'end': the last ``size`` examples (seed 000 on the official CIFAR files,
+        whose order is already random).  Image folders are stored class by class,
+        so their last examples are all of the last classes: 'end' is refused when
+        the training part would then miss a class.
+        """
+        n = len(self.train_labels)
+        if not 0 < size < n:
+            raise DataError(f'validation_size={size} must be in (0, {n}).')
+        if take_from == 'end':
+            held = np.arange(n - size, n)
+        else:
+            held = np.sort(np.random.default_rng(0).permutation(n)[:size])
+        keep = np.setdiff1d(np.arange(n), held)
+        missing = sorted(set(self.train_labels[held].tolist()) -
+                         set(self.train_labels[keep].tolist()))
+        if missing:
+            raise DataError(
+                f'holding out the last {size} training examples leaves classes '
+                f'{[self.class_names[i] for i in missing]} with no training example (the data '
+                'is stored class by class). Use --config.validation_from=random.')
         return dataclasses.replace(
-            self, train_images=self.train_images[:-size], train_labels=self.train_labels[:-size],
-            eval_images=self.train_images[-size:], eval_labels=self.train_labels[-size:])
+            self, train_images=self.train_images[keep], train_labels=self.train_labels[keep],
+            eval_images=self.train_images[held], eval_labels=self.train_labels[held])
 
 
 def _as_uint8_nhwc(x: np.ndarray, name: str) -> np.ndarray:
@@ -199,5 +219,5 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
         ds = load_tfds(config.dataset, config.train_split, config.eval_split,
                        config.data_dir or None, config.download)
     if config.validation_size > 0:
-        ds = ds.split_validation(config.validation_size)
+        ds = ds.split_validation(config.validation_size, config.validation_from)
     return ds

@@ -28,11 +28,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     machine; it restores onto whatever devices this machine has.
     """
     config_validation.validate(config)
+    split = config.eval.split or ('validation' if config.validation_size > 0
+                                  else config.eval_split)
     if config.eval.split:
+        if split == 'validation' and config.validation_size <= 0:
+            raise config_validation.ConfigError(
+                'config.eval.split=validation needs config.validation_size > 0 (the '
+                'validation split is held out of the training split).')
         config = config.copy_and_resolve_references()
         with config.unlocked():
-            config.eval_split = config.eval.split
-            if config.eval.split != 'validation':
+            if split != 'validation':  # a stored split: the whole test set, say
+                config.eval_split = split
                 config.validation_size = 0
     ds = datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
@@ -42,7 +48,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     directory = str(manager.directory)
     state = checkpointing.restore_state(manager, step, trainer.abstract_state())
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
-    results = dict(trainer.evaluate(state, data), step=int(step), split=config.eval_split,
+    results = dict(trainer.evaluate(state, data), step=int(step), split=split,
                    checkpoint=os.path.join(directory, str(step)))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

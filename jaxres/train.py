@@ -498,7 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     if eval_results is None:  # resumed at the end: nothing left to train
         eval_results = trainer.evaluate(state, data)
-    eval_results = dict(eval_results, step=step, split=config.eval_split,
+    eval_results = dict(eval_results, step=step,
+                        split='validation' if config.validation_size > 0 else config.eval_split,
                         wall_time_s=time.time() - t_start)
     if is_main:
         write_json(os.path.join(workdir, 'eval_results.json'), eval_results)
