@@ -39,18 +39,24 @@ def test_eval_padding_counts_every_example_once():
     np.testing.assert_array_equal(by.reshape(-1)[mask.reshape(-1)], labels)
 
 
-def test_train_batch_does_not_depend_on_device_count():
-    ds = random_dataset(n_train=64)
-    aug = input_pipeline.Augmentation(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2,
-                                      hflip=True)
+def _batches_on_1_and_8_devices(ds, aug):
+    """The step-1 training batch built on a 1-device mesh and on the 8-device mesh."""
     outs = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_data_mesh(devices)
         data = input_pipeline.to_device(ds, mesh, 8)
         order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
-        fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
+        fn = jax.jit(lambda d, o, s, mesh=mesh: input_pipeline.train_batch(
             d, o, s, 0, jax.random.key(1), aug, batch_sharding=sharding.batch_sharded(mesh)))
         outs.append(jax.device_get(fn(data, order, jnp.int32(1))))
+    return outs
+
+
+def test_train_batch_does_not_depend_on_device_count():
+    ds = random_dataset(n_train=64)
+    aug = input_pipeline.Augmentation(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2,
+                                      hflip=True)
+    outs = _batches_on_1_and_8_devices(ds, aug)
     assert len(jax.devices()) == 8
     np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])
     np.testing.assert_array_equal(outs[0]['label'], outs[1]['label'])
@@ -228,13 +234,6 @@ def test_all_ops_in_train_batch_do_not_depend_on_device_count():
     # The ops that read other pixels (colour jitter is per pixel, left out for speed).
     aug = _aug(crop_padding=1, hflip=True, vflip=True, rotation=20.0, width_shift=0.1,
                random_resized_crop=True, image_size=12)
-    outs = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = sharding.make_data_mesh(devices)
-        data = input_pipeline.to_device(ds, mesh, 8)
-        order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
-        fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
-            d, o, s, 0, jax.random.key(1), aug, batch_sharding=sharding.batch_sharded(mesh)))
-        outs.append(jax.device_get(fn(data, order, jnp.int32(1))))
+    outs = _batches_on_1_and_8_devices(ds, aug)
     assert outs[0]['image'].shape == (32, 12, 12, 3)
     np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])
