@@ -6,6 +6,10 @@
 
 import sys
 
+if __name__ == '__main__':  # before JAX is imported: see jaxres/host_memory.py
+    from jaxres import host_memory
+    host_memory.reexec_with_hugepages([sys.executable] + sys.argv)
+
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -84,6 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.bn_running_var = 'biased'
   # 'symmetric': k//2 each side (PyTorch); 'same': TF/Keras SAME (differs at stride 2).
   c.model.conv_padding = 'symmetric'
+  # How convolutions are lowered: 'xla' (lax.conv), 'im2col' (patches x matrix
+  # product: XLA:CPU's conv gradients are ~10x slower than its matrix products),
+  # 'auto' = im2col on CPU, xla on GPU/TPU. Same parameters and checkpoints.
+  c.model.conv_impl = 'auto'
   c.model.zero_init_residual = False
 
   # Training.

@@ -23,6 +23,7 @@ _CHOICES = {
     'model.dense_init': tuple(models.KERNEL_INITS),
     'model.bn_running_var': ('biased', 'unbiased'),
     'model.conv_padding': ('symmetric', 'same'),
+    'model.conv_impl': models.CONV_IMPLS,
     'optimizer.name': ('sgd', 'adam'),
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
     'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',

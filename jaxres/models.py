@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxres.conv import IMPLS as CONV_IMPLS, conv_fn
+
 ModuleDef = Any
 Array = jax.Array
 
@@ -68,6 +70,7 @@ class BiasConv(nn.Module):
     kernel_init: Callable[..., Any] = KERNEL_INITS['pytorch']
     bias_init_kind: str = 'pytorch'
     dtype: Any = jnp.float32
+    conv_general_dilated: Callable[..., Array] | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -76,7 +79,8 @@ class BiasConv(nn.Module):
                      else nn.initializers.zeros)
         return nn.Conv(self.features, self.kernel_size, self.strides, self.padding,
                        use_bias=True, kernel_init=self.kernel_init,
-                       bias_init=bias_init, dtype=self.dtype)(x)
+                       bias_init=bias_init, dtype=self.dtype,
+                       conv_general_dilated=self.conv_general_dilated)(x)
 
 
 def with_padding(conv: ModuleDef, mode: str) -> ModuleDef:
@@ -346,6 +350,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     bn_running_var: str = 'biased'
     conv_padding: str = 'symmetric'
+    conv_impl: str = 'xla'
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
 
@@ -353,15 +358,18 @@ class ResNet(nn.Module):
     def __call__(self, x: Array, *, train: bool) -> Array:
         act = ACTIVATIONS[self.activation]
         kinit = KERNEL_INITS[self.kernel_init]
+        conv_general_dilated = conv_fn(self.conv_impl)
         biased_conv = with_padding(functools.partial(
             BiasConv, kernel_init=kinit, dtype=self.dtype,
+            conv_general_dilated=conv_general_dilated,
             bias_init_kind='zeros' if self.kernel_init == 'he_normal' else 'pytorch'),
             self.conv_padding)
         if self.conv_bias:
             conv = biased_conv
         else:
-            conv = with_padding(functools.partial(nn.Conv, use_bias=False, kernel_init=kinit,
-                                                  dtype=self.dtype), self.conv_padding)
+            conv = with_padding(functools.partial(
+                nn.Conv, use_bias=False, kernel_init=kinit, dtype=self.dtype,
+                conv_general_dilated=conv_general_dilated), self.conv_padding)
         # 'unbiased': running variance as PyTorch/Keras track it; 'biased': Flax's.
         norm_cls = BatchNorm if self.bn_running_var == 'unbiased' else nn.BatchNorm
         norm = functools.partial(norm_cls, use_running_average=not train,
@@ -444,6 +452,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
         bn_epsilon=cfg.bn_epsilon,
         bn_running_var=cfg.bn_running_var,
         conv_padding=cfg.conv_padding,
+        conv_impl=cfg.conv_impl,
         zero_init_residual=cfg.zero_init_residual,
         dtype=dtype,
     )

@@ -31,3 +31,29 @@ def test_torch_reference_pipeline_runs():
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])['pipeline_images_per_s'] > 0
+
+
+def test_bench_takes_config_overrides():
+    config = tiny_config()
+    bench.apply_overrides(config, ['--config.model.conv_impl=xla', '--config.optimizer.momentum=0.5'])
+    assert config.model.conv_impl == 'xla' and config.optimizer.momentum == 0.5
+    with pytest.raises(SystemExit, match='model.no_such_key'):
+        bench.apply_overrides(config, ['--config.model.no_such_key=1'])
+
+
+def test_flops_do_not_depend_on_the_conv_lowering():
+    # im2col's patch copies are not arithmetic: the achieved GFLOP/s must not count them.
+    flops = {}
+    for impl in ('xla', 'im2col'):
+        config = tiny_config()
+        config.model.conv_impl = impl
+        config = bench.bench_config(config, batch_size=16, steps=2)
+        from jaxres import datasets, input_pipeline, sharding, train
+        syn = config.synthetic
+        ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
+        mesh = sharding.make_data_mesh()
+        trainer = train.Trainer.build(config, ds, mesh)
+        state = trainer.init_state()
+        flops[impl] = bench.model_flops_per_step(
+            trainer, state, input_pipeline.to_device(ds, mesh, 16), trainer.epoch_order_fn(state.step))
+    assert flops['xla'] > 0 and flops['xla'] == flops['im2col']

@@ -64,5 +64,10 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
     logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
     assert logits.dtype == jnp.float32
     assert {p.dtype for p in jax.tree_util.tree_leaves(updates)} == {jnp.dtype('float32')}
-    hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
-    assert 'bf16' in hlo and 'convolution' in hlo
+    # Both conv lowerings multiply in bf16 (XLA's convolution, im2col's dot_general).
+    for impl, op in (('xla', 'stablehlo.convolution'), ('im2col', 'stablehlo.dot_general')):
+        lowered = model.clone(conv_impl=impl)
+        hlo = jax.jit(lambda v, x: lowered.apply(v, x, train=False)).lower(variables, x).as_text()
+        conv_ops = [line for line in hlo.splitlines() if op in line]
+        assert len(conv_ops) >= 3, impl  # stem + two blocks' convs
+        assert all('bf16' in line.rsplit(' : ', 1)[1].split('->')[0] for line in conv_ops), impl
