@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.crop_padding = 4  # pad-and-random-crop; 0 disables
   c.data.padding_mode = 'constant'  # 'constant' (zeros) or 'reflect'
   c.data.hflip = True
+  # 'random': each image flipped with p=0.5 every epoch; 'alternate' (airbench):
+  # a random half in even epochs and exactly the other half in odd epochs.
+  c.data.flip_mode = 'random'
   c.data.vflip = False
   # Rotation by U(-rotation, rotation) degrees and translation by U(-s, s) * size
   # (Keras width/height_shift_range), as one warp.
@@ -89,6 +92,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'auto' = im2col on CPU, xla on GPU/TPU. Same parameters and checkpoints.
   c.model.conv_impl = 'auto'
   c.model.zero_init_residual = False
+  c.model.bn_scale = True  # False: BN learns only a bias (airbench)
+  c.model.head_bias = True
+  c.model.head_scale = 1.0  # multiplies the logits (airbench: 1/9)
+  # stem='whiten': k x k patch-whitening conv computed from the first
+  # whiten_samples training images at initialisation (freeze it with
+  # optimizer.freeze=('stem/conv/kernel',)).
+  c.model.whiten_kernel = 2
+  c.model.whiten_samples = 5000
 
   # Training.
   c.seed = 0
@@ -114,6 +125,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay_mode = 'coupled'
   c.optimizer.grad_clip_value = 0.0  # > 0: clip each gradient element
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip by global norm
+  # Learning-rate multiplier for BatchNorm biases; their coupled weight decay is
+  # divided by it, so the decay per step stays the same (airbench: 64).
+  c.optimizer.bn_bias_lr_scale = 1.0
+  # Parameters never updated: '/'-joined path prefixes, e.g. ('stem/conv/kernel',).
+  c.optimizer.freeze = ()
 
   c.schedule = ml_collections.ConfigDict()
   # 'warmup_cosine' | 'constant' | 'step' (x decay_rate every decay_epochs) |
@@ -130,6 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule.pct_start = 0.3
   c.schedule.div_factor = 25.0  # initial lr = peak / div_factor
   c.schedule.final_div_factor = 1e4  # final lr = initial / final_div_factor
+  c.schedule.anneal = 'cos'  # onecycle: 'cos' or 'linear' (PyTorch anneal_strategy)
   c.schedule.cycle_momentum = True  # onecycle: SGD momentum / Adam b1 cycled inversely
   c.schedule.base_momentum = 0.85
   c.schedule.max_momentum = 0.95
@@ -141,6 +158,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.checkpoint = 'latest'  # for --mode=eval: 'latest' | 'best' | a step | a path
   c.eval.split = ''  # '' = eval_split
   c.eval.tta = False  # average the softmax of each image and its mirror (eval and predict)
+  # With tta: also the image shifted one pixel up-left and down-right (reflected
+  # edges), weights 1/2, 1/4, 1/4 (airbench's level 2).
+  c.eval.tta_translate = False
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1

@@ -13,8 +13,8 @@ class ConfigError(ValueError):
 
 _CHOICES = {
     'dtype': ('float32', 'bfloat16'),
-    'model.block': ('basic', 'bottleneck', 'preact'),
-    'model.stem': ('cifar', 'imagenet', 'deep', 'conv7x7_bias'),
+    'model.block': tuple(models.BLOCKS),
+    'model.stem': ('cifar', 'imagenet', 'deep', 'conv7x7_bias', 'whiten'),
     'model.shortcut': ('conv1x1', 'conv3x3', 'avgpool_conv1x1'),
     'model.bottleneck_stride_on': ('3x3', '1x1'),
     'model.activation': tuple(models.ACTIVATIONS),
@@ -29,6 +29,8 @@ _CHOICES = {
     'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',
                       'onecycle'),
     'data.padding_mode': ('constant', 'reflect'),
+    'data.flip_mode': ('random', 'alternate'),
+    'schedule.anneal': ('cos', 'linear'),
     'data.interpolation': ('bilinear', 'nearest'),
     'data.fill': ('constant', 'nearest'),
     'data.standardize': ('channel', 'scalar', 'image'),
@@ -47,7 +49,8 @@ _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedu
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
              'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
-             'schedule.div_factor', 'schedule.final_div_factor')
+             'schedule.div_factor', 'schedule.final_div_factor', 'model.whiten_kernel',
+             'model.whiten_samples', 'optimizer.bn_bias_lr_scale')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -84,6 +87,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 < config.schedule.pct_start < 1:
         raise ConfigError(f'config.schedule.pct_start={config.schedule.pct_start!r} must be '
                           'in (0, 1).')
+    if config.eval.tta_translate and not config.eval.tta:
+        raise ConfigError('config.eval.tta_translate=True needs config.eval.tta=True (the '
+                          'translated views are averaged with their mirror images).')
+    if isinstance(config.optimizer.freeze, str):
+        raise ConfigError(f'config.optimizer.freeze={config.optimizer.freeze!r} must be a '
+                          "tuple of path prefixes, e.g. ('stem/conv/kernel',).")
     if not config.dataset:
         raise ConfigError("config.dataset is empty; e.g. --config.dataset=cifar10.")
 

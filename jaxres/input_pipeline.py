@@ -59,6 +59,7 @@ class Augmentation:
     crop_padding: int = 0
     padding_mode: str = 'constant'
     hflip: bool = False
+    flip_mode: str = 'random'
     image_size: int = 0
     vflip: bool = False
     rotation: float = 0.0
@@ -83,7 +84,8 @@ class Augmentation:
     @classmethod
     def from_config_data(cls, d: ml_collections.ConfigDict) -> 'Augmentation':
         return cls(mean=tuple(d.mean), std=tuple(d.std), crop_padding=d.crop_padding,
-                   padding_mode=d.padding_mode, hflip=d.hflip, image_size=d.image_size,
+                   padding_mode=d.padding_mode, hflip=d.hflip,
+                   flip_mode=d.get('flip_mode', 'random'), image_size=d.image_size,
                    vflip=d.vflip, rotation=d.rotation, width_shift=d.width_shift,
                    height_shift=d.height_shift, interpolation=d.interpolation, fill=d.fill,
                    brightness=d.brightness, contrast=d.contrast, saturation=d.saturation,
@@ -346,10 +348,22 @@ def random_resized_crop(images: Array, keys: Array, size: int,
     return jax.vmap(one)(images, keys)
 
 
-def augment(images: Array, keys: Array, aug: Augmentation) -> Array:
+def alternate_flips(data_key: Array, example_ids: Array, epoch: Array) -> Array:
+    """airbench's alternating flip: a fixed random half of the examples (drawn once
+    per example from the data key) is mirrored in even epochs, the other half in
+    odd ones, so every image is seen both ways in any two consecutive epochs."""
+    flip_key = jax.random.fold_in(data_key, 2)
+    fixed = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(flip_key, i)))(
+        example_ids)
+    return fixed ^ (epoch % 2 == 1)
+
+
+def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None = None
+            ) -> Array:
     """Per-example random augmentation of uint8 images (one key per example).
 
-    Applies ``aug.ops()`` in order.  The first crop and first horizontal flip
+    Applies ``aug.ops()`` in order; ``flips`` (per-example booleans), when given,
+    decide the horizontal flips instead of random draws.  The first crop and first horizontal flip
     draw from the same keys as before these ops existed, so runs that use only
     them keep their exact batches; every other op (or repeat) gets its own key.
     """
@@ -361,6 +375,8 @@ def augment(images: Array, keys: Array, aug: Augmentation) -> Array:
             op_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
         if op == 'crop':
             images = random_crop(images, op_keys, aug.crop_padding, aug.padding_mode)
+        elif op == 'hflip' and flips is not None:
+            images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
         elif op == 'hflip':
             images = random_hflip(images, op_keys)
         elif op == 'vflip':
@@ -394,5 +410,6 @@ def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_
     epoch_key = jax.random.fold_in(jax.random.fold_in(data_key, 1), epoch)
     positions = pos * batch_size + jnp.arange(batch_size)
     keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
-    images = augment(images, keys, aug)
+    flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
+    images = augment(images, keys, aug, flips)
     return {'image': normalize(images, aug, dtype), 'label': labels}

@@ -50,6 +50,28 @@ KERNEL_INITS: dict[str, Callable[..., Any]] = {
 }
 
 
+def dirac_init(base: Callable[..., Any]) -> Callable[..., Any]:
+    """``base`` init, then the first min(in, out) filters set to the identity.
+
+    PyTorch's ``nn.init.dirac_`` on ``weight[:in_channels]`` (airbench): each conv
+    starts as an implicit residual, passing its input channels straight through.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        w = base(key, shape, dtype)
+        if len(shape) != 4:  # dense layers: nothing to pass through
+            return w
+        kh, kw, cin, cout = shape
+        n = min(cin, cout)
+        identity = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2].set(jnp.eye(cin, n))
+        return w.at[..., :n].set(identity)
+
+    return init
+
+
+KERNEL_INITS['dirac'] = dirac_init(KERNEL_INITS['pytorch'])
+
+
 def pytorch_bias_init(fan_in: int) -> Callable[..., Array]:
     """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / jnp.sqrt(fan_in)
@@ -115,13 +137,15 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     scale_init: Callable[..., Any] = nn.initializers.ones
+    use_scale: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-        scale = self.param('scale', self.scale_init, (c,), jnp.float32)
+        scale = (self.param('scale', self.scale_init, (c,), jnp.float32) if self.use_scale
+                 else jnp.ones((c,), jnp.float32))
         bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
         x32 = x.astype(jnp.float32)  # statistics in float32 whatever the compute dtype
         if self.use_running_average:
@@ -269,6 +293,33 @@ class PreActUnit(nn.Module):
         return x + y
 
 
+class ConvPoolBlock(nn.Module):
+    """airbench's conv group: conv3x3 -> max-pool -> BN -> act -> conv3x3 -> BN -> act.
+
+    No skip connection: with ``kernel_init='dirac'`` each conv starts as an
+    identity on its first channels instead.  ``strides`` is the pool size, so the
+    same stage settings describe where the resolution halves.
+    """
+
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = (self.strides, self.strides)
+        x = self.conv(self.features, (3, 3), name='conv1')(x)
+        if self.strides > 1:
+            x = nn.max_pool(x, s, s)
+        x = self.act(self.norm(name='bn1')(x))
+        x = self.conv(self.features, (3, 3), name='conv2')(x)
+        return self.act(self.norm(name='bn2')(x))
+
+
 def _zero_scale(enabled: bool) -> dict:
     return {'scale_init': nn.initializers.zeros} if enabled else {}
 
@@ -277,6 +328,7 @@ BLOCKS: dict[str, type[nn.Module]] = {
     'basic': BasicBlock,
     'bottleneck': Bottleneck,
     'preact': PreActUnit,
+    'conv_pool': ConvPoolBlock,
 }
 
 
@@ -288,7 +340,11 @@ class Stem(nn.Module):
 
     kind: 'cifar' conv3x3/1 + BN + act (kuangliu); 'imagenet' conv7x7/2 + BN +
     act + maxpool3x3/2 (torchvision); 'deep' three 3x3 convs (ResNet-C);
-    'conv7x7_bias' a single biased 7x7/1 conv with no BN (seed 003).
+    'conv7x7_bias' a single biased 7x7/1 conv with no BN (seed 003); 'whiten'
+    airbench's patch-whitening conv: ``whiten_kernel`` x ``whiten_kernel``, no
+    padding, 2 * C * k * k filters (each whitening direction and its negative) and
+    a bias, then act.  Its kernel is computed from data (``whitening_kernel``) and
+    usually frozen (``optimizer.freeze``).
     """
 
     features: int
@@ -299,10 +355,16 @@ class Stem(nn.Module):
     act: Callable[[Array], Array]
     dropout_rate: float = 0.0
     train: bool = False
+    whiten_kernel: int = 2
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if self.kind == 'cifar':
+        if self.kind == 'whiten':
+            k = self.whiten_kernel
+            x = self.conv(2 * x.shape[-1] * k * k, (k, k), padding=[(0, 0), (0, 0)],
+                          use_bias=True, name='conv')(x)
+            x = self.act(x)
+        elif self.kind == 'cifar':
             x = self.act(self.norm(name='bn')(self.conv(self.features, (3, 3), name='conv')(x)))
         elif self.kind == 'imagenet':
             x = self.conv(self.features, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='conv')(x)
@@ -352,6 +414,10 @@ class ResNet(nn.Module):
     conv_padding: str = 'symmetric'
     conv_impl: str = 'xla'
     zero_init_residual: bool = False
+    bn_scale: bool = True
+    head_bias: bool = True
+    head_scale: float = 1.0
+    whiten_kernel: int = 2
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -374,11 +440,12 @@ class ResNet(nn.Module):
         norm_cls = BatchNorm if self.bn_running_var == 'unbiased' else nn.BatchNorm
         norm = functools.partial(norm_cls, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype)
+                                 use_scale=self.bn_scale, dtype=self.dtype)
 
         x = x.astype(self.dtype)
         x = Stem(self.stem_width, self.stem, conv, biased_conv, norm, act,
-                 dropout_rate=self.stem_dropout, train=train, name='stem')(x)
+                 dropout_rate=self.stem_dropout, train=train,
+                 whiten_kernel=self.whiten_kernel, name='stem')(x)
         block_cls = BLOCKS[self.block]
         for i, (n, width, stride) in enumerate(zip(self.stage_sizes, self.stage_widths,
                                                     self.stage_strides)):
@@ -387,7 +454,7 @@ class ResNet(nn.Module):
                               norm=norm, act=act, name=f'stage{i + 1}_block{j + 1}')
                 if self.block == 'preact':
                     kwargs.update(dropout_rate=self.block_dropout, train=train)
-                else:
+                elif self.block != 'conv_pool':
                     kwargs.update(shortcut=self.shortcut, post_activation=self.post_activation,
                                   zero_init_residual=self.zero_init_residual)
                     if self.block == 'bottleneck':
@@ -399,8 +466,10 @@ class ResNet(nn.Module):
         dense_init = KERNEL_INITS[self.dense_init]
         bias_init = (pytorch_bias_init(x.shape[-1]) if self.dense_init == 'pytorch'
                      else nn.initializers.zeros)
-        x = nn.Dense(self.num_classes, kernel_init=dense_init, bias_init=bias_init,
-                     dtype=self.dtype, name='head')(x)
+        x = nn.Dense(self.num_classes, use_bias=self.head_bias, kernel_init=dense_init,
+                     bias_init=bias_init, dtype=self.dtype, name='head')(x)
+        if self.head_scale != 1.0:  # airbench's 1/9: tempers the logits at its high lr
+            x = x * self.head_scale
         # The loss and softmax are taken in float32 whatever the compute dtype.
         return x.astype(jnp.float32)
 
@@ -454,8 +523,32 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
         conv_padding=cfg.conv_padding,
         conv_impl=cfg.conv_impl,
         zero_init_residual=cfg.zero_init_residual,
+        bn_scale=cfg.bn_scale,
+        head_bias=cfg.head_bias,
+        head_scale=cfg.head_scale,
+        whiten_kernel=cfg.whiten_kernel,
         dtype=dtype,
     )
+
+
+def whitening_kernel(images: Array, kernel_size: int, eps: float = 5e-4) -> Array:
+    """The 'whiten' stem's kernel from (N, H, W, C) normalised images (HWIO).
+
+    The eigenvectors of the covariance of all k x k patches, each scaled by
+    1/sqrt(eigenvalue + eps), largest first, followed by their negatives: the
+    conv's outputs are decorrelated, unit-variance patch coordinates.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    n, h, w, c = images.shape
+    k = kernel_size
+    patches = jnp.stack([images[:, i:h - k + 1 + i, j:w - k + 1 + j, :]
+                         for i in range(k) for j in range(k)], axis=3)  # (N, h', w', k*k, C)
+    flat = patches.reshape(-1, k * k * c)
+    cov = flat.T @ flat / flat.shape[0]
+    eigenvalues, eigenvectors = jnp.linalg.eigh(cov)  # ascending
+    vectors = (eigenvectors / jnp.sqrt(eigenvalues + eps))[:, ::-1]  # (k*k*C, k*k*C)
+    kernel = vectors.reshape(k, k, c, k * k * c)
+    return jnp.concatenate([kernel, -kernel], axis=-1)
 
 
 def count_params(params: Any) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,7 @@ class OneCycle:
     final_div_factor: float = 1e4
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+    anneal: str = 'cos'
 
     def __call__(self, step) -> jax.Array:
         initial = self.max_lr / self.div_factor
@@ -74,13 +76,18 @@ class OneCycle:
         warm_end = float(self.pct_start * self.total_steps) - 1
         last = self.total_steps - 1
         step = jnp.minimum(jnp.asarray(step, jnp.float32), last)
-        up = _cos_anneal(start, peak, step / max(warm_end, 1e-12))
-        down = _cos_anneal(peak, end, (step - warm_end) / max(last - warm_end, 1e-12))
+        anneal = _cos_anneal if self.anneal == 'cos' else _linear_anneal
+        up = anneal(start, peak, step / max(warm_end, 1e-12))
+        down = anneal(peak, end, (step - warm_end) / max(last - warm_end, 1e-12))
         return jnp.where(step <= warm_end, up, down)
 
 
 def _cos_anneal(start: float, end: float, pct: jax.Array) -> jax.Array:
     return end + (start - end) / 2 * (jnp.cos(jnp.pi * pct) + 1)
+
+
+def _linear_anneal(start: float, end: float, pct: jax.Array) -> jax.Array:
+    return start + (end - start) * pct
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -102,7 +109,8 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
     if s.name == 'onecycle':
         return OneCycle(max_lr=lr, total_steps=max(total_steps, 2), pct_start=s.pct_start,
                         div_factor=s.div_factor, final_div_factor=s.final_div_factor,
-                        base_momentum=s.base_momentum, max_momentum=s.max_momentum)
+                        base_momentum=s.base_momentum, max_momentum=s.max_momentum,
+                        anneal=s.anneal)
     if s.name == 'warmup_cosine':
         warmup = int(round(s.warmup_epochs * steps_per_epoch))
         warmup = min(warmup, max(total_steps - 1, 0))
@@ -117,6 +125,28 @@ def _kernel_mask(params: Any) -> Any:
     return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
+def bn_bias_mask(params: Any) -> Any:
+    """True for BatchNorm biases: 'bias' leaves of modules without a 'kernel'."""
+    def mark(tree):
+        return {k: mark(v) if isinstance(v, Mapping) else (k == 'bias' and 'kernel' not in tree)
+                for k, v in tree.items()}
+    return mark(params)
+
+
+def path_mask(prefixes: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A mask function: True where a leaf's '/'-joined path starts with a prefix."""
+    def mask(params):
+        def hit(path, _):
+            name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+            return any(name == p or name.startswith(p.rstrip('/') + '/') for p in prefixes)
+        return jax.tree_util.tree_map_with_path(hit, params)
+    return mask
+
+
+def _not(mask_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda params: jax.tree_util.tree_map(lambda m: not m, mask_fn(params))
+
+
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                      ) -> optax.GradientTransformation:
     """Gradient clipping, weight decay and the update rule, in PyTorch's order."""
@@ -129,9 +159,15 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
         parts.append(optax.clip(o.grad_clip_value))
     if o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+    bias_scale = o.bn_bias_lr_scale
     if o.weight_decay > 0 and o.weight_decay_mode == 'coupled':
         # PyTorch `weight_decay`: g += wd * p on every parameter, before momentum.
-        parts.append(optax.add_decayed_weights(o.weight_decay))
+        if bias_scale == 1.0:
+            parts.append(optax.add_decayed_weights(o.weight_decay))
+        else:  # BN biases: wd / scale, so that lr * wd (the decay per step) is unchanged
+            parts.append(optax.add_decayed_weights(o.weight_decay, mask=_not(bn_bias_mask)))
+            parts.append(optax.add_decayed_weights(o.weight_decay / bias_scale,
+                                                   mask=bn_bias_mask))
     if o.name == 'sgd':
         if momentum is not None:  # PyTorch cycles it even when SGD's momentum is 0
             parts.append(optax.inject_hyperparams(optax.trace, static_args=('nesterov',))(
@@ -149,6 +185,10 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     if o.weight_decay > 0 and o.weight_decay_mode == 'decoupled':
         parts.append(optax.add_decayed_weights(o.weight_decay, mask=_kernel_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
+    if bias_scale != 1.0:
+        parts.append(optax.masked(optax.scale(bias_scale), bn_bias_mask))
+    if o.freeze:
+        parts.append(optax.masked(optax.set_to_zero(), path_mask(tuple(o.freeze))))
     return optax.chain(*parts)
 
 

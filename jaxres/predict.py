@@ -163,14 +163,14 @@ def check_image_shape(images: np.ndarray, expected: Sequence[int] | None, source
 # The model
 # --------------------------------------------------------------------------- #
 def probabilities(variables: dict[str, Any], images: jax.Array, *, apply_fn: Callable,
-                  aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool) -> jax.Array:
+                  aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool,
+                  tta_translate: bool = False) -> jax.Array:
     """Softmax probabilities (float32) of uint8 images, preprocessed as in evaluation."""
     x = input_pipeline.normalize(images, aug, dtype)
-    probs = jax.nn.softmax(apply_fn(variables, x, train=False).astype(jnp.float32))
-    if tta_flip:  # the same average as eval_step's flip TTA
-        flipped = apply_fn(variables, x[:, :, ::-1], train=False).astype(jnp.float32)
-        probs = (probs + jax.nn.softmax(flipped)) / 2
-    return probs
+    logits_fn = lambda x: apply_fn(variables, x, train=False)
+    if tta_flip:  # the same averages as eval_step's TTA
+        return train.tta_probabilities(logits_fn, x, tta_translate)
+    return jax.nn.softmax(logits_fn(x).astype(jnp.float32))
 
 
 def predict_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
@@ -300,7 +300,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     jitted = jax.jit(functools.partial(
         probabilities, apply_fn=model.apply,
         aug=input_pipeline.Augmentation.from_config(config), dtype=dtype,
-        tta_flip=bool(config.eval.get('tta', False))),
+        tta_flip=bool(config.eval.get('tta', False)),
+        tta_translate=bool(config.eval.get('tta_translate', False))),
         out_shardings=sharding.replicated(mesh))
     probs = predict_batched(lambda x: jitted(variables, x), images, mesh,
                             config.eval_batch_size)

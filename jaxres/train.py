@@ -88,14 +88,35 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip: bool = False
-              ) -> dict[str, Array]:
+def tta_probabilities(logits_fn: Callable[[Array], Array], images: Array,
+                      translate: bool = False) -> Array:
+    """Softmax averaged over each image and its mirror image (test-time augmentation).
+
+    With ``translate`` the image shifted by one pixel up-left and down-right
+    (edges reflected) is added, each with its mirror: weights 1/2, 1/4, 1/4.
+    """
+    def flip_avg(x):
+        return (jax.nn.softmax(logits_fn(x).astype(jnp.float32)) +
+                jax.nn.softmax(logits_fn(x[:, :, ::-1]).astype(jnp.float32))) / 2
+
+    probs = flip_avg(images)
+    if translate:
+        h, w = images.shape[1:3]
+        padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), 'reflect')
+        probs = (probs / 2 + flip_avg(padded[:, :h, :w]) / 4 +
+                 flip_avg(padded[:, 2:, 2:]) / 4)
+    return probs
+
+
+def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip: bool = False,
+              tta_translate: bool = False) -> dict[str, Array]:
     """Sums over the real (unmasked) examples of one batch: loss, top-1/5, confusion."""
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    logits = state.apply_fn(variables, batch['image'], train=False)
-    if tta_flip:  # average the probabilities of the image and its mirror image
-        flipped = state.apply_fn(variables, batch['image'][:, :, ::-1], train=False)
-        logits = jnp.log((jax.nn.softmax(logits) + jax.nn.softmax(flipped)) / 2)
+    logits_fn = lambda x: state.apply_fn(variables, x, train=False)
+    if tta_flip:
+        logits = jnp.log(tta_probabilities(logits_fn, batch['image'], tta_translate))
+    else:
+        logits = logits_fn(batch['image'])
     labels = batch['label']
     num_classes = logits.shape[-1]
     m = mask.astype(jnp.float32)
@@ -129,19 +150,19 @@ def summarize_train(host_metrics: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def evaluate_all(state: TrainState, data: input_pipeline.DeviceData,
-                 aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False
-                 ) -> dict[str, Array]:
+                 aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False,
+                 tta_translate: bool = False) -> dict[str, Array]:
     """Sums of ``eval_step`` over every eval batch (one ``lax.scan``, one dispatch)."""
 
     def body(totals, xs):
         images, labels, mask = xs
         batch = {'image': input_pipeline.normalize(images, aug, dtype), 'label': labels}
-        sums = eval_step(state, batch, mask, tta_flip)
+        sums = eval_step(state, batch, mask, tta_flip, tta_translate)
         return jax.tree_util.tree_map(jnp.add, totals, sums), None
 
     first = jax.eval_shape(lambda: eval_step(
         state, {'image': input_pipeline.normalize(data.eval_images[0], aug, dtype),
-                'label': data.eval_labels[0]}, data.eval_mask[0], tta_flip))
+                'label': data.eval_labels[0]}, data.eval_mask[0], tta_flip, tta_translate))
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), first)
     totals, _ = jax.lax.scan(body, zeros, (data.eval_images, data.eval_labels, data.eval_mask))
     return totals
@@ -174,12 +195,20 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
-                       tx: optax.GradientTransformation, image_shape: tuple[int, ...]
-                       ) -> TrainState:
-    """Initialises params and BN stats from ``config.seed`` (jit me with out_shardings)."""
+                       tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+                       stem_kernel: Any = None) -> TrainState:
+    """Initialises params and BN stats from ``config.seed`` (jit me with out_shardings).
+
+    ``stem_kernel`` replaces the stem conv's initial kernel (the 'whiten' stem's,
+    computed from data).
+    """
     variables = model.init({'params': jax.random.key(config.seed)},
                            jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables['params'],
+    params = variables['params']
+    if stem_kernel is not None:
+        stem = params['stem']
+        params = {**params, 'stem': {**stem, 'conv': {**stem['conv'], 'kernel': stem_kernel}}}
+    return TrainState.create(apply_fn=model.apply, params=params,
                              batch_stats=variables.get('batch_stats', {}), tx=tx)
 
 
@@ -205,6 +234,7 @@ class Trainer:
     total_steps: int
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
+    stem_kernel: np.ndarray | None = None
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, ds: datasets.ImageDataset,
@@ -214,10 +244,15 @@ class Trainer:
         schedule_steps = config.num_epochs * steps_per_epoch
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
         schedule = optim.create_schedule(config, steps_per_epoch, schedule_steps)
-        return cls(config=config, mesh=mesh,
+        aug = input_pipeline.Augmentation.from_config(config)
+        stem_kernel = None
+        if config.model.stem == 'whiten':
+            sample = input_pipeline.normalize(ds.train_images[:config.model.whiten_samples], aug)
+            stem_kernel = np.asarray(models.whitening_kernel(sample, config.model.whiten_kernel))
+        return cls(config=config, mesh=mesh, stem_kernel=stem_kernel,
                    model=models.create_model(config.model, ds.num_classes, compute_dtype(config)),
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
-                   aug=input_pipeline.Augmentation.from_config(config),
+                   aug=aug,
                    num_train=len(ds.train_labels), steps_per_epoch=steps_per_epoch,
                    total_steps=total, class_names=ds.class_names,
                    image_shape=model_input_shape(config, ds.image_shape))
@@ -225,13 +260,14 @@ class Trainer:
     # -- state -------------------------------------------------------------- #
     def init_state(self) -> TrainState:
         init = functools.partial(create_train_state, self.config, self.model, self.tx,
-                                 self.image_shape)
+                                 self.image_shape, self.stem_kernel)
         return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
 
     def abstract_state(self) -> TrainState:
         """Shapes and (current) shardings of the state, with no computation."""
         shapes = jax.eval_shape(functools.partial(
-            create_train_state, self.config, self.model, self.tx, self.image_shape))
+            create_train_state, self.config, self.model, self.tx, self.image_shape,
+            self.stem_kernel))
         return checkpointing.abstract_like(shapes, sharding.replicated(self.mesh))
 
     # -- compiled functions ------------------------------------------------- #
@@ -288,7 +324,9 @@ class Trainer:
     def eval_fn(self) -> Callable:
         return jax.jit(functools.partial(evaluate_all, aug=self.aug,
                                          dtype=compute_dtype(self.config),
-                                         tta_flip=bool(self.config.eval.get('tta', False))),
+                                         tta_flip=bool(self.config.eval.get('tta', False)),
+                                         tta_translate=bool(self.config.eval.get(
+                                             'tta_translate', False))),
                        out_shardings=sharding.replicated(self.mesh))
 
     def evaluate(self, state: TrainState, data: input_pipeline.DeviceData) -> dict[str, Any]:

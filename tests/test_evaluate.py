@@ -35,11 +35,13 @@ def _same(a, b):
     assert a['confusion_matrix'] == b['confusion_matrix']
 
 
-def test_eval_with_flip_tta(trained, data_from, tmp_path):
+@pytest.mark.parametrize('translate', [False, True])
+def test_eval_with_flip_tta(trained, data_from, tmp_path, translate):
     workdir, ds, config, _ = trained
     data_from(ds)
     config = config.copy_and_resolve_references()
     config.eval.tta = True
+    config.eval.tta_translate = translate
     config.eval.checkpoint = workdir
     results = main.evaluate_checkpoint(config, str(tmp_path))  # results go to another dir
     assert results['num_examples'] == 40 and os.path.exists(tmp_path / 'eval_results.json')

@@ -237,3 +237,26 @@ def test_all_ops_in_train_batch_do_not_depend_on_device_count():
     outs = _batches_on_1_and_8_devices(ds, aug)
     assert outs[0]['image'].shape == (32, 12, 12, 3)
     np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    key = jax.random.key(3)
+    ids = jnp.arange(1000)
+    even, odd, next_even = (input_pipeline.alternate_flips(key, ids, jnp.int32(e))
+                            for e in (4, 5, 6))
+    np.testing.assert_array_equal(odd, ~even)
+    np.testing.assert_array_equal(next_even, even)
+    assert 400 < int(even.sum()) < 600  # a random half
+    images = _images(n=4)
+    flips = jnp.asarray([True, False, True, False])
+    out = input_pipeline.augment(images, _keys(4), _aug(hflip=True, flip_mode='alternate'), flips)
+    np.testing.assert_array_equal(out[0], images[0, :, ::-1])
+    np.testing.assert_array_equal(out[1], images[1])
+
+
+def test_alternating_flip_in_train_batch_does_not_depend_on_device_count():
+    ds = random_dataset(n_train=64)
+    aug = input_pipeline.Augmentation(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=2,
+                                      padding_mode='reflect', hflip=True, flip_mode='alternate')
+    outs = _batches_on_1_and_8_devices(ds, aug)
+    np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])

@@ -71,3 +71,47 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
         conv_ops = [line for line in hlo.splitlines() if op in line]
         assert len(conv_ops) >= 3, impl  # stem + two blocks' convs
         assert all('bf16' in line.rsplit(' : ', 1)[1].split('->')[0] for line in conv_ops), impl
+
+
+def test_airbench_style_net_from_parts():
+    # airbench94's net by hand: whiten 2x2x3x24 (+24 bias); convs 3x3 24->64,
+    # 64->64, 64->256, 256->256, 256->256, 256->256 (+ one BN bias per conv
+    # output channel, no BN scale); head 256x10, no bias.
+    from configs import cifar10_speedrun
+    config = cifar10_speedrun.get_config()
+    model = models.create_model(config.model, num_classes=10)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    convs = 9 * (24 * 64 + 64 * 64 + 64 * 256 + 3 * 256 * 256)
+    bn_biases = 64 * 2 + 256 * 4
+    assert models.count_params(variables['params']) == 2 * 2 * 3 * 24 + 24 + convs + bn_biases + 2560
+    assert 'scale' not in variables['params']['stage1_block1']['bn1']
+    assert 'bias' not in variables['params']['head']
+    logits = model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)
+    assert logits.shape == (2, 10)
+
+
+def test_dirac_init_passes_the_input_channels_through():
+    init = models.KERNEL_INITS['dirac']
+    w = init(jax.random.key(0), (3, 3, 4, 6))
+    x = jax.random.normal(jax.random.key(1), (1, 5, 5, 4))
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # identity on the first 4
+    assert float(jnp.abs(w[..., 4:]).sum()) > 0  # the rest keep the random init
+
+
+def test_whitening_kernel_decorrelates_patches():
+    rng = np.random.default_rng(0)
+    # Correlated channels and neighbouring pixels.
+    base = rng.normal(size=(64, 9, 9, 1))
+    images = np.concatenate([base, base * 0.5 + 0.1 * rng.normal(size=base.shape),
+                             rng.normal(size=base.shape)], -1)
+    images = images + np.roll(images, 1, axis=2)
+    kernel = models.whitening_kernel(images, 2, eps=0.0)
+    assert kernel.shape == (2, 2, 3, 24)
+    out = jax.lax.conv_general_dilated(jnp.asarray(images, jnp.float32), kernel, (1, 1), 'VALID',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    first = np.asarray(out[..., :12]).reshape(-1, 12)
+    np.testing.assert_allclose(first.T @ first / len(first), np.eye(12), atol=1e-3)
+    np.testing.assert_allclose(out[..., 12:], -out[..., :12], atol=1e-6)

@@ -186,3 +186,35 @@ def test_new_schedule_choices_are_validated():
         _config(**{'schedule.name': 'onecycle', 'schedule.pct_start': 1.0})
     with pytest.raises(config_validation.ConfigError, match='decay_epochs'):
         _config(**{'schedule.name': 'step', 'schedule.decay_epochs': 0})
+
+
+@needs_torch
+def test_linear_onecycle_matches_pytorch_linear_anneal():
+    config = _config(**{'schedule.name': 'onecycle', 'schedule.learning_rate': 1.5,
+                        'schedule.anneal': 'linear', 'schedule.pct_start': 0.23,
+                        'schedule.div_factor': 5.0, 'schedule.final_div_factor': 0.2 / 0.07})
+    schedule = optim.create_schedule(config, 48, 192)
+    want, _ = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=1.5, total_steps=192, pct_start=0.23, div_factor=5.0,
+        final_div_factor=0.2 / 0.07, anneal_strategy='linear'), 1.5, 192)
+    np.testing.assert_allclose(jax.vmap(schedule)(jnp.arange(192)), want, rtol=2e-5)
+    assert want[0] == pytest.approx(0.3) and want[-1] == pytest.approx(1.5 * 0.07, rel=1e-4)
+
+
+def test_bn_bias_lr_scale_and_frozen_parameters():
+    config = _config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.1,
+                        'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.01,
+                        'optimizer.bn_bias_lr_scale': 64.0,
+                        'optimizer.freeze': ('stem/conv/kernel',)})
+    tx = optim.create_optimizer(config, optim.create_schedule(config, 10, 10))
+    params = {'stem': {'conv': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}},
+              'block': {'bn': {'bias': jnp.ones(3)}, 'conv': {'kernel': jnp.ones((3, 3))}}}
+    grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates['stem']['conv']['kernel'], 0.0)  # frozen
+    # Conv biases and kernels: -lr * (g + wd * p).
+    np.testing.assert_allclose(updates['stem']['conv']['bias'], -0.1 * (0.5 + 0.01))
+    np.testing.assert_allclose(updates['block']['conv']['kernel'], -0.1 * (0.5 + 0.01))
+    # BN biases: 64x the gradient step, the same decay per step.
+    np.testing.assert_allclose(updates['block']['bn']['bias'], -0.1 * (64 * 0.5 + 0.01),
+                               rtol=1e-6)

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -115,3 +116,26 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
     config = tiny_config(**{'schedule.learning_rate': 1e30, 'schedule.name': 'constant'})
     with pytest.raises(train.NonFiniteLossError, match=r'by step \d+\. Last good checkpoint'):
         train.train_and_evaluate(config, str(tmp_path), ds)
+
+
+def test_tta_probabilities_weights_and_views():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(3, 6, 6, 2)), jnp.float32)
+    seen = []
+    # Logits that depend on where the image's content is: each view differs.
+    logits_fn = lambda x: (seen.append(x) or jnp.stack([x[:, 0, 0, 0], x[:, -1, -1, 0]], -1))
+    flip_only = train.tta_probabilities(logits_fn, images)
+    assert len(seen) == 2
+    np.testing.assert_array_equal(seen[1], images[:, :, ::-1])
+    seen.clear()
+    both = train.tta_probabilities(logits_fn, images, translate=True)
+    assert len(seen) == 6
+    padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), 'reflect')
+    np.testing.assert_array_equal(seen[2], padded[:, :6, :6])  # shifted down-right by 1
+    np.testing.assert_array_equal(seen[4], padded[:, 2:, 2:])
+    sm = lambda x: jax.nn.softmax(logits_fn(x))
+    avg = lambda x: (sm(x) + sm(x[:, :, ::-1])) / 2
+    np.testing.assert_allclose(both, avg(images) / 2 + avg(seen[2]) / 4 + avg(seen[4]) / 4,
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.sum(both, -1), 1.0, rtol=1e-6)
+    assert not np.allclose(both, flip_only)
