@@ -1,8 +1,9 @@
 """CIFAR-10 time-to-accuracy on two CPU cores: an airbench-style net and recipe.
 
-Reproduces the recipe of airbench94 (Keller Jordan's CIFAR-10 speed record)
-from jaxres's general parts: the patch-whitening stem (``model.stem='whiten'``,
-frozen), three conv-pool groups of widths 64/256/256 with identity (dirac)
+Reproduces the recipe of airbench93 (Keller Jordan's CIFAR-10 speed records:
+airbench94's recipe on a net of about half the FLOPs, 93% in 11 epochs) from
+jaxres's general parts: the patch-whitening stem (``model.stem='whiten'``,
+frozen), three conv-pool groups of widths 64/128/128 with identity (dirac)
 initialised convs and bias-only BatchNorm (momentum 0.6), a max-pooled head
 scaled by 1/9, Nesterov SGD with a 64x learning rate on BN biases, a linear
 one-cycle ("triangle") schedule, label smoothing 0.2, alternating flips,
@@ -22,8 +23,14 @@ Command (real CIFAR-10 JPEGs of ../shared/data; the preparation is one-off):
 
 With the official files (TFDS ``cifar10``) drop the two dataset overrides.
 
-Measured here (2 CPU cores, see benchmarks/RESULTS.md): see the figures below,
-filled in from real runs only.
+Measured here (2-core AMD EPYC VM, float32, 2026-11-23; benchmarks/RESULTS.md):
+seed 0: 87.54% test accuracy (top-5 99.51%, TTA) in 1,416 s from launch to
+eval_results.json: ~60 s start-up + compile, 6 epochs at ~222 images/s
+(~3.6 min each), 78 s for the 6-view TTA evaluation.  That is 2.5 points short
+of issue 8's 90% target; the 30 minutes leave room for a 7th epoch but not for
+the roughly doubled training that 90% would likely need (airbench93 itself
+trains 11 epochs for 93% on the official files).  airbench94's widths
+(``--config.model.stage_widths='(64,256,256)'``) train at 137 images/s here.
 
 Expected on one GPU (an expectation, not a measurement): the whole step is
 ~0.7 GFLOP per image in float32 (XLA's count); an A100 trains airbench94's
@@ -56,7 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.whiten_kernel = 2
   m.block = 'conv_pool'
   m.stage_sizes = (1, 1, 1)
-  m.stage_widths = (64, 256, 256)
+  # airbench93's widths; airbench94's (64, 256, 256) take 1.6x longer per epoch here.
+  m.stage_widths = (64, 128, 128)
   m.stage_strides = (2, 2, 2)  # max-pool sizes
   m.activation = 'gelu'
   m.kernel_init = 'dirac'
@@ -70,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 1024
   c.eval_batch_size = 1000
-  c.num_epochs = 4
+  c.num_epochs = 6  # what fits 30 minutes on 2 CPU cores with room to spare
   c.label_smoothing = 0.2
 
   c.optimizer.name = 'sgd'

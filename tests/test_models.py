@@ -73,18 +73,20 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
         assert all('bf16' in line.rsplit(' : ', 1)[1].split('->')[0] for line in conv_ops), impl
 
 
-def test_airbench_style_net_from_parts():
-    # airbench94's net by hand: whiten 2x2x3x24 (+24 bias); convs 3x3 24->64,
-    # 64->64, 64->256, 256->256, 256->256, 256->256 (+ one BN bias per conv
-    # output channel, no BN scale); head 256x10, no bias.
+@pytest.mark.parametrize('w', [128, 256])  # airbench93's and airbench94's nets
+def test_airbench_style_net_from_parts(w):
+    # By hand: whiten 2x2x3x24 (+24 bias); convs 3x3 24->64, 64->64, 64->w, then
+    # w->w three times (+ one BN bias per conv output channel, no BN scale);
+    # head w x 10, no bias.
     from configs import cifar10_speedrun
     config = cifar10_speedrun.get_config()
+    config.model.stage_widths = (64, w, w)
     model = models.create_model(config.model, num_classes=10)
     x = jnp.zeros((2, 32, 32, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    convs = 9 * (24 * 64 + 64 * 64 + 64 * 256 + 3 * 256 * 256)
-    bn_biases = 64 * 2 + 256 * 4
-    assert models.count_params(variables['params']) == 2 * 2 * 3 * 24 + 24 + convs + bn_biases + 2560
+    convs = 9 * (24 * 64 + 64 * 64 + 64 * w + 3 * w * w)
+    bn_biases = 64 * 2 + w * 4
+    assert models.count_params(variables['params']) == 2 * 2 * 3 * 24 + 24 + convs + bn_biases + 10 * w
     assert 'scale' not in variables['params']['stage1_block1']['bn1']
     assert 'bias' not in variables['params']['head']
     logits = model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)
