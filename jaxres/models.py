@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxres.conv import IMPLS as CONV_IMPLS, conv_fn
+from jaxres.conv import IMPLS as CONV_IMPLS, conv_fn, patches
 
 ModuleDef = Any
 Array = jax.Array
@@ -293,6 +293,42 @@ class PreActUnit(nn.Module):
         return x + y
 
 
+def _tiles(x: Array, size: int) -> Array:
+    n, h, w, c = x.shape
+    hh, ww = h // size, w // size
+    return x[:, :hh * size, :ww * size, :].reshape(n, hh, size, ww, size, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_tiles(x: Array, size: int) -> Array:
+    """Max over non-overlapping ``size`` x ``size`` tiles (PyTorch ``MaxPool2d(size)``).
+
+    Equal to ``nn.max_pool(x, (size, size), (size, size))`` (odd edges dropped).
+    Its gradient is written out as an elementwise mask: XLA:CPU expands
+    ``reduce_window``'s gradient (select-and-scatter) into index-tracking
+    reductions and a scatter that took a quarter of the airbench step's time
+    here.  A tie passes the gradient to every maximal element (PyTorch: the first).
+    """
+    return jnp.max(_tiles(x, size), axis=(2, 4))
+
+
+def _max_pool_tiles_fwd(x: Array, size: int) -> tuple[Array, tuple[Array, Array]]:
+    y = max_pool_tiles(x, size)
+    return y, (x, y)
+
+
+def _max_pool_tiles_bwd(size: int, res: tuple[Array, Array], g: Array) -> tuple[Array]:
+    x, y = res
+    n, h, w, c = x.shape
+    hh, ww = y.shape[1:3]
+    hit = _tiles(x, size) == y[:, :, None, :, None]
+    dx = jnp.where(hit, g[:, :, None, :, None], 0).reshape(n, hh * size, ww * size, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - hh * size), (0, w - ww * size), (0, 0))),)
+
+
+max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
+
+
 class ConvPoolBlock(nn.Module):
     """airbench's conv group: conv3x3 -> max-pool -> BN -> act -> conv3x3 -> BN -> act.
 
@@ -311,10 +347,9 @@ class ConvPoolBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        s = (self.strides, self.strides)
         x = self.conv(self.features, (3, 3), name='conv1')(x)
         if self.strides > 1:
-            x = nn.max_pool(x, s, s)
+            x = max_pool_tiles(x, self.strides)
         x = self.act(self.norm(name='bn1')(x))
         x = self.conv(self.features, (3, 3), name='conv2')(x)
         return self.act(self.norm(name='bn2')(x))
@@ -539,11 +574,9 @@ def whitening_kernel(images: Array, kernel_size: int, eps: float = 5e-4) -> Arra
     conv's outputs are decorrelated, unit-variance patch coordinates.
     """
     images = jnp.asarray(images, jnp.float32)
-    n, h, w, c = images.shape
-    k = kernel_size
-    patches = jnp.stack([images[:, i:h - k + 1 + i, j:w - k + 1 + j, :]
-                         for i in range(k) for j in range(k)], axis=3)  # (N, h', w', k*k, C)
-    flat = patches.reshape(-1, k * k * c)
+    c, k = images.shape[-1], kernel_size
+    # (i, j, c) order: the order of an HWIO kernel's (k*k*C) rows.
+    flat = patches(images, (k, k), (1, 1), ((0, 0), (0, 0))).reshape(-1, k * k * c)
     cov = flat.T @ flat / flat.shape[0]
     eigenvalues, eigenvectors = jnp.linalg.eigh(cov)  # ascending
     vectors = (eigenvectors / jnp.sqrt(eigenvalues + eps))[:, ::-1]  # (k*k*C, k*k*C)
