@@ -130,6 +130,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.bn_bias_lr_scale = 1.0
   # Parameters never updated: '/'-joined path prefixes, e.g. ('stem/conv/kernel',).
   c.optimizer.freeze = ()
+  # airbench's lookahead: every N steps (0 = off) the weights and BN statistics
+  # move to an EMA of themselves whose decay rises as lookahead_decay**N * t**3
+  # over the schedule (t = fraction done); the last step copies the EMA in.
+  c.optimizer.lookahead_every = 0
+  c.optimizer.lookahead_decay = 0.95
 
   c.schedule = ml_collections.ConfigDict()
   # 'warmup_cosine' | 'constant' | 'step' (x decay_rate every decay_epochs) |

@@ -45,7 +45,7 @@ _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedu
                  'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
                  'data.brightness', 'data.contrast', 'data.saturation', 'data.hue',
                  'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
-                 'schedule.max_momentum')
+                 'schedule.max_momentum', 'optimizer.lookahead_every')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
              'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
@@ -90,6 +90,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.eval.tta_translate and not config.eval.tta:
         raise ConfigError('config.eval.tta_translate=True needs config.eval.tta=True (the '
                           'translated views are averaged with their mirror images).')
+    if not 0 <= config.optimizer.lookahead_decay <= 1:
+        raise ConfigError(f'config.optimizer.lookahead_decay={config.optimizer.lookahead_decay!r}'
+                          ' must be in [0, 1].')
     if isinstance(config.optimizer.freeze, str):
         raise ConfigError(f'config.optimizer.freeze={config.optimizer.freeze!r} must be a '
                           "tuple of path prefixes, e.g. ('stem/conv/kernel',).")

@@ -39,6 +39,8 @@ class TrainState(train_state.TrainState):
     """Flax TrainState plus BatchNorm running statistics."""
 
     batch_stats: Any = None
+    # EMA of {'params', 'batch_stats'} for optimizer.lookahead_every > 0, else None.
+    lookahead: Any = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -190,6 +192,28 @@ def summarize_eval(sums: dict[str, Any], class_names: tuple[str, ...] | None = N
 # --------------------------------------------------------------------------- #
 # Building the pieces
 # --------------------------------------------------------------------------- #
+def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps: int
+                     ) -> TrainState:
+    """airbench's lookahead, applied after an optimizer step (``state.step`` counted).
+
+    Every ``every`` steps the EMA moves towards the live weights and BN statistics
+    by ``1 - decay**every * t**3`` (t = step / total_steps: no averaging early,
+    more towards the end) and the live ones are reset to it; at ``total_steps``
+    the EMA itself becomes the model.
+    """
+    step = jnp.asarray(state.step)
+    last = step >= total_steps
+    t = jnp.minimum(step.astype(jnp.float32) / total_steps, 1.0)
+    d = jnp.where(last, 1.0, decay ** every * t ** 3)
+    sync = (step % every == 0) | last
+    live = {'params': state.params, 'batch_stats': state.batch_stats}
+    ema = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e + (1 - d) * (x - e), e),
+                                 state.lookahead, live)
+    live = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e, x), ema, live)
+    return state.replace(params=live['params'], batch_stats=live['batch_stats'],
+                         lookahead=ema)
+
+
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
     return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
 
@@ -208,8 +232,11 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
     if stem_kernel is not None:
         stem = params['stem']
         params = {**params, 'stem': {**stem, 'conv': {**stem['conv'], 'kernel': stem_kernel}}}
-    return TrainState.create(apply_fn=model.apply, params=params,
-                             batch_stats=variables.get('batch_stats', {}), tx=tx)
+    batch_stats = variables.get('batch_stats', {})
+    lookahead = ({'params': params, 'batch_stats': batch_stats}
+                 if config.optimizer.lookahead_every > 0 else None)
+    return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                             tx=tx, lookahead=lookahead)
 
 
 def model_input_shape(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]
@@ -232,6 +259,7 @@ class Trainer:
     num_train: int
     steps_per_epoch: int
     total_steps: int
+    schedule_steps: int
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     stem_kernel: np.ndarray | None = None
@@ -254,7 +282,7 @@ class Trainer:
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
                    aug=aug,
                    num_train=len(ds.train_labels), steps_per_epoch=steps_per_epoch,
-                   total_steps=total, class_names=ds.class_names,
+                   total_steps=total, schedule_steps=schedule_steps, class_names=ds.class_names,
                    image_shape=model_input_shape(config, ds.image_shape))
 
     # -- state -------------------------------------------------------------- #
@@ -294,9 +322,14 @@ class Trainer:
             sharding.batch_sharded(self.mesh))
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
         l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
-        return train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
-                          label_smoothing=cfg.label_smoothing, l2_weight=l2,
-                          skip_nonfinite=cfg.nonfinite == 'skip')
+        state, metrics = train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
+                                    label_smoothing=cfg.label_smoothing, l2_weight=l2,
+                                    skip_nonfinite=cfg.nonfinite == 'skip')
+        if cfg.optimizer.lookahead_every > 0:
+            state = lookahead_update(state, every=cfg.optimizer.lookahead_every,
+                                     decay=cfg.optimizer.lookahead_decay,
+                                     total_steps=self.schedule_steps)
+        return state, metrics
 
     @functools.cached_property
     def train_step_fn(self) -> Callable:

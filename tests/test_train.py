@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxres import checkpointing, input_pipeline, main, metric_logging, sharding, train
@@ -41,9 +42,11 @@ def _params(workdir, config, ds):
     return jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
-def test_train_writes_workdir_and_resume_continues_the_same_run(tmp_path):
+@pytest.mark.parametrize('extra', [{}, {'optimizer.lookahead_every': 2}],
+                         ids=['plain', 'lookahead'])
+def test_train_writes_workdir_and_resume_continues_the_same_run(tmp_path, extra):
     ds = random_dataset()
-    config = tiny_config()  # 4 steps per epoch, 2 epochs
+    config = tiny_config(**extra)  # 4 steps per epoch, 2 epochs
     full = str(tmp_path / 'full')
     results = train.train_and_evaluate(config, full, ds)
     assert results['step'] == 8 and results['num_examples'] == 40
@@ -58,7 +61,7 @@ def test_train_writes_workdir_and_resume_continues_the_same_run(tmp_path):
 
     # Interrupted after 3 steps (mid-epoch), then the same command again.
     part = str(tmp_path / 'part')
-    config_stop = tiny_config(num_train_steps=3, **{'checkpoint.every_epochs': 1})
+    config_stop = tiny_config(num_train_steps=3, **{'checkpoint.every_epochs': 1}, **extra)
     train.train_and_evaluate(config_stop, part, ds)
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(part), read_only=True)
     assert manager.latest_step() == 3
@@ -116,6 +119,31 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
     config = tiny_config(**{'schedule.learning_rate': 1e30, 'schedule.name': 'constant'})
     with pytest.raises(train.NonFiniteLossError, match=r'by step \d+\. Last good checkpoint'):
         train.train_and_evaluate(config, str(tmp_path), ds)
+
+
+def test_lookahead_moves_weights_to_their_ema_every_n_steps_and_ends_on_it():
+    zeros = {'params': {'w': jnp.zeros(2)}, 'batch_stats': {'m': jnp.zeros(1)}}
+    state = train.TrainState.create(apply_fn=None, params=zeros['params'],
+                                    batch_stats=zeros['batch_stats'], tx=optax.sgd(1.0),
+                                    lookahead=zeros)
+
+    def step(s):  # an optimizer step adding 1 to every weight and statistic
+        s = s.apply_gradients(grads={'w': -jnp.ones(2)},
+                              batch_stats={'m': s.batch_stats['m'] + 1})
+        return train.lookahead_update(s, every=2, decay=0.9, total_steps=4)
+
+    s1 = step(state)  # not a sync step: the EMA waits
+    np.testing.assert_array_equal(s1.params['w'], [1, 1])
+    np.testing.assert_array_equal(s1.lookahead['params']['w'], [0, 0])
+    s2 = step(s1)  # sync at t = 2/4: EMA = 0 + (1 - 0.9**2 * 0.5**3) * (2 - 0), model reset to it
+    expected = (1 - 0.9 ** 2 * 0.5 ** 3) * 2
+    for leaf in (s2.params['w'], s2.lookahead['params']['w'], s2.batch_stats['m'],
+                 s2.lookahead['batch_stats']['m']):
+        np.testing.assert_allclose(leaf, expected, rtol=1e-6)
+    s4 = step(step(s2))  # the last step: decay 1, the model becomes the (unchanged) EMA
+    np.testing.assert_allclose(step(s2).params['w'], expected + 1, rtol=1e-6)
+    np.testing.assert_allclose(s4.params['w'], expected, rtol=1e-6)
+    np.testing.assert_allclose(s4.batch_stats['m'], expected, rtol=1e-6)
 
 
 def test_tta_probabilities_weights_and_views():
