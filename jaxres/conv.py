@@ -36,7 +36,7 @@ def im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
 
     The kh*kw shifted (strided) views of the padded input are concatenated along
     channels and contracted with the kernel reshaped to (kh*kw*C, O); both
-    gradients are matrix products too (a custom VJP, see ``_patches_matmul_bwd``).  Anything else
+    gradients are matrix products too (``_patches_matmul_bwd``).  Anything else
     (dilation, groups, other layouts) falls back to ``lax.conv_general_dilated``.
     """
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)

@@ -90,6 +90,28 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
     return new_state, metrics
 
 
+def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps: int
+                     ) -> TrainState:
+    """airbench's lookahead, applied after an optimizer step (``state.step`` counted).
+
+    Every ``every`` steps the EMA moves towards the live weights and BN statistics
+    by ``1 - decay**every * t**3`` (t = step / total_steps: no averaging early,
+    more towards the end) and the live ones are reset to it; at ``total_steps``
+    the EMA itself becomes the model.
+    """
+    step = jnp.asarray(state.step)
+    last = step >= total_steps
+    t = jnp.minimum(step.astype(jnp.float32) / total_steps, 1.0)
+    d = jnp.where(last, 1.0, decay ** every * t ** 3)
+    sync = (step % every == 0) | last
+    live = {'params': state.params, 'batch_stats': state.batch_stats}
+    ema = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e + (1 - d) * (x - e), e),
+                                 state.lookahead, live)
+    live = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e, x), ema, live)
+    return state.replace(params=live['params'], batch_stats=live['batch_stats'],
+                         lookahead=ema)
+
+
 def tta_probabilities(logits_fn: Callable[[Array], Array], images: Array,
                       translate: bool = False) -> Array:
     """Softmax averaged over each image and its mirror image (test-time augmentation).
@@ -192,28 +214,6 @@ def summarize_eval(sums: dict[str, Any], class_names: tuple[str, ...] | None = N
 # --------------------------------------------------------------------------- #
 # Building the pieces
 # --------------------------------------------------------------------------- #
-def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps: int
-                     ) -> TrainState:
-    """airbench's lookahead, applied after an optimizer step (``state.step`` counted).
-
-    Every ``every`` steps the EMA moves towards the live weights and BN statistics
-    by ``1 - decay**every * t**3`` (t = step / total_steps: no averaging early,
-    more towards the end) and the live ones are reset to it; at ``total_steps``
-    the EMA itself becomes the model.
-    """
-    step = jnp.asarray(state.step)
-    last = step >= total_steps
-    t = jnp.minimum(step.astype(jnp.float32) / total_steps, 1.0)
-    d = jnp.where(last, 1.0, decay ** every * t ** 3)
-    sync = (step % every == 0) | last
-    live = {'params': state.params, 'batch_stats': state.batch_stats}
-    ema = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e + (1 - d) * (x - e), e),
-                                 state.lookahead, live)
-    live = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e, x), ema, live)
-    return state.replace(params=live['params'], batch_stats=live['batch_stats'],
-                         lookahead=ema)
-
-
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:
     return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
 
