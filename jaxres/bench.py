@@ -99,7 +99,9 @@ def model_flops_per_step(trainer: train.Trainer, state: train.TrainState,
 
     Counted on the step lowered with ``conv_impl='xla'`` (nothing is compiled), so
     the figure is the model's work whatever lowering runs: im2col's patch copies
-    are not arithmetic and must not inflate the achieved GFLOP/s.
+    are not arithmetic and must not inflate the achieved GFLOP/s, and Winograd's
+    saved multiplications show as a higher achieved rate (direct-convolution
+    equivalent GFLOP/s).
     """
     xla_state = state.replace(apply_fn=trainer.model.clone(conv_impl='xla').apply)
     cost = trainer.train_step_fn.lower(xla_state, data, order).cost_analysis()

@@ -1,4 +1,5 @@
-"""im2col convolutions equal XLA's: values and both gradients, every shape the models use."""
+"""im2col and Winograd convolutions equal XLA's: values and both gradients, every shape
+the models use."""
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,15 @@ DN = ('NHWC', 'HWIO', 'NHWC')
     (16, 8, 16, 1, 2, ((0, 0), (0, 0))),    # projection shortcut
     (15, 3, 8, 7, 2, ((3, 3), (3, 3))),     # ImageNet stem, odd size
     (8, 4, 4, 1, 1, 'VALID'),
+    (7, 5, 6, 3, 1, 'SAME'),                # odd size: Winograd's padded last tile
+    (31, 4, 8, 3, 1, ((1, 1), (1, 1))),     # airbench's 31x31 first group
+    (9, 3, 5, 3, 1, ((0, 2), (1, 0))),      # asymmetric padding
+    (6, 3, 5, 3, 1, 'VALID'),
+    (8, 8, 4, 2, 1, 'VALID'),               # whitening stem (2x2)
 ])
-def test_im2col_matches_xla(size, cin, cout, kernel, stride, padding):
+@pytest.mark.parametrize('lowering', [conv.im2col_conv, conv.winograd_conv],
+                         ids=['im2col', 'winograd'])
+def test_lowerings_match_xla(lowering, size, cin, cout, kernel, stride, padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, size, size, cin)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)), jnp.float32)
@@ -31,36 +39,57 @@ def test_im2col_matches_xla(size, cin, cout, kernel, stride, padding):
                                                  dimension_numbers=DN)))
 
     ref = lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
-    out = conv.im2col_conv(x, w, (stride, stride), padding, dimension_numbers=DN)
+    out = lowering(x, w, (stride, stride), padding, dimension_numbers=DN)
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
     g_ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
-    g_out = jax.grad(loss(conv.im2col_conv), (0, 1))(x, w)
+    g_out = jax.grad(loss(lowering), (0, 1))(x, w)
     for a, b in zip(g_out, g_ref):
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
 
 
-def test_unsupported_convs_fall_back_to_xla():
+@pytest.mark.parametrize('lowering', [conv.im2col_conv, conv.winograd_conv],
+                         ids=['im2col', 'winograd'])
+def test_unsupported_convs_fall_back_to_xla(lowering):
     x = jnp.ones((1, 8, 8, 4))
     w = jnp.ones((3, 3, 4, 4))
-    dilated = conv.im2col_conv(x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN)
+    dilated = lowering(x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN)
     ref = lax.conv_general_dilated(x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN)
     np.testing.assert_array_equal(dilated, ref)
 
 
-def test_auto_is_im2col_on_cpu_and_unknown_names_are_refused():
-    expected = conv.im2col_conv if jax.default_backend() == 'cpu' else lax.conv_general_dilated
+@pytest.mark.parametrize('lowering', [conv.im2col_conv, conv.winograd_conv],
+                         ids=['im2col', 'winograd'])
+def test_bfloat16_products_accumulate_in_float32(lowering):
+    """16-bit operands, float32 accumulation: as close to the float32 conv as the
+    rounding of the operands allows, and bfloat16 results and gradients."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((4, 8, 8, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 64, 32)) / 24, jnp.float32)
+    ref = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    out = lowering(xb, wb, (1, 1), 'SAME', dimension_numbers=DN)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.06, rtol=0.02)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(lowering(x, w, (1, 1), 'SAME', dimension_numbers=DN)
+                                           .astype(jnp.float32) ** 2), (0, 1))(xb, wb)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+
+
+def test_auto_is_winograd_on_cpu_and_unknown_names_are_refused():
+    expected = conv.winograd_conv if jax.default_backend() == 'cpu' else lax.conv_general_dilated
     assert conv.conv_fn('auto') is expected
     assert conv.conv_fn('xla') is lax.conv_general_dilated
+    assert conv.conv_fn('im2col') is conv.im2col_conv
     with pytest.raises(ValueError, match='conv_impl'):
-        conv.conv_fn('winograd')
+        conv.conv_fn('fft')
 
 
 def test_model_lowerings_share_parameters_and_agree():
     config = tiny_config()
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 3)), jnp.float32)
     outs = {}
-    for impl in ('xla', 'im2col'):
+    for impl in ('xla', 'im2col', 'winograd'):
         config.model.conv_impl = impl
         model = models.create_model(config.model, num_classes=10)
         variables = model.init(jax.random.key(0), x, train=False)
@@ -71,6 +100,7 @@ def test_model_lowerings_share_parameters_and_agree():
             return jnp.sum(logits ** 2)
 
         outs[impl] = (variables, jax.grad(loss)(variables['params']))
-    (v_xla, g_xla), (v_col, g_col) = outs['xla'], outs['im2col']
-    assert jax.tree.structure(v_xla) == jax.tree.structure(v_col)  # checkpoints interchange
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g_col, g_xla)
+    v_xla, g_xla = outs.pop('xla')
+    for v, g in outs.values():
+        assert jax.tree.structure(v) == jax.tree.structure(v_xla)  # checkpoints interchange
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g, g_xla)

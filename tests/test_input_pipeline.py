@@ -1,12 +1,15 @@
 """Device input pipeline: deterministic order and augmentation, masked eval padding."""
 
+import colorsys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxres import input_pipeline, sharding
+from jaxres import config_validation, input_pipeline, sharding
 
-from conftest import random_dataset
+from conftest import random_dataset, tiny_config
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
@@ -29,6 +32,18 @@ def test_crop_and_flip():
     flipped = input_pipeline.random_hflip(x, keys)
     for i in range(2):
         assert (np.array_equal(flipped[i], x[i]) or np.array_equal(flipped[i], x[i, :, ::-1]))
+
+
+@pytest.mark.parametrize('mode', ['constant', 'reflect'])
+def test_crop_is_pad_then_slice_at_the_drawn_offset(mode):
+    """The gather-based crop takes exactly the pixels of a padded copy's window."""
+    x = jax.random.randint(jax.random.key(3), (6, 5, 7, 3), 0, 256).astype(jnp.uint8)
+    keys = jax.random.split(jax.random.key(4), 6)
+    got = input_pipeline.random_crop(x, keys, 3, mode)
+    padded = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode)
+    for img, pad_img, key in zip(got, padded, keys):
+        dy, dx = jax.random.randint(key, (2,), 0, 7)
+        np.testing.assert_array_equal(img, pad_img[dy:dy + 5, dx:dx + 7])
 
 
 def test_eval_padding_counts_every_example_once():
@@ -66,12 +81,6 @@ def test_train_batch_does_not_depend_on_device_count():
 # The seed augmentations (rotation/shift, flips, colour jitter, resized crop,
 # standardisation): shapes, determinism, identity at zero strength.
 # --------------------------------------------------------------------------- #
-import colorsys  # noqa: E402
-
-import pytest  # noqa: E402
-
-from conftest import tiny_config  # noqa: E402
-from jaxres import config_validation  # noqa: E402
 
 
 def _images(n=6, size=16, seed=0):
