@@ -36,7 +36,7 @@ def test_crop_and_flip():
 
 @pytest.mark.parametrize('mode', ['constant', 'reflect'])
 def test_crop_is_pad_then_slice_at_the_drawn_offset(mode):
-    """The gather-based crop takes exactly the pixels of a padded copy's window."""
+    """The crop takes exactly the pixels of a padded copy's window."""
     x = jax.random.randint(jax.random.key(3), (6, 5, 7, 3), 0, 256).astype(jnp.uint8)
     keys = jax.random.split(jax.random.key(4), 6)
     got = input_pipeline.random_crop(x, keys, 3, mode)
