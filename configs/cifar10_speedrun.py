@@ -29,15 +29,18 @@ Command (real CIFAR-10 JPEGs of ../shared/data; the preparation is one-off):
 With the official files (TFDS ``cifar10``) drop the two dataset overrides.
 
 Measured here (2-core AMD EPYC VM, float32, Winograd convolutions, launch to
-eval_results.json; benchmarks/RESULTS.md): this config (seed 31) **89.85%** test
-accuracy (top-5 99.63%, TTA) in 1,760 s (29.3 min): 1,641 s to the last train
-step (start-up, compile and 6 epochs at a median 184 images/s), then
-119 s for the 6-view TTA evaluation (compile included) and the last checkpoint.
+eval_results.json; benchmarks/RESULTS.md), three seeds: 89.85% (seed 31,
+1,760 s), 89.25% (seed 32, 1,764 s), 89.56% (seed 33, 1,682 s) test accuracy
+with TTA: mean 89.55%, worst 89.25%, all within 29.4 minutes.  Of a run's time,
+~1,580-1,640 s go to start-up, compile and the 6 epochs (median 184-194
+images/s), and 105-128 s to the 6-view TTA evaluation (compile included) and
+the last checkpoint.
 The same with ``--config.num_epochs=5`` (seed 30): 88.54% in 1,434 s.  Earlier,
 at batch 1024 and lr 1.5 with im2col convolutions: 88.49% (seed 20, 1,603 s)
 and 88.12% (seed 21) in 5 epochs.  Issue 8's target, >= 90.0% in <= 30 minutes,
-is therefore not yet met: 6 epochs land 0.15 points short with no time to
-spare; the next lever is step speed (7 epochs need ~15% faster steps).
+is therefore not yet met: 6 epochs land 0.45 points short on average with
+little time to spare; the next lever is step speed (7 epochs need ~15% faster
+steps).
 airbench93's narrower widths (``--config.model.stage_widths='(64,128,128)'``,
 ~1.9x faster per epoch) reached 87.95% in 8 epochs (1,367 s, before lookahead
 and the momentum fix).
