@@ -16,8 +16,8 @@ weight decay = 0.0153 * 1024 / 7850.7 / 1.5 = 1.33e-3.  Here the batch is 512
 (XLA:CPU ran this net's step 16% faster per image at 512 than at 1024 in one
 measurement, and an epoch gets twice the steps): the learning rate scales
 linearly to 0.75 (the same per example, as airbench's summed loss implies) and
-the coupled decay, lr * wd per example, stays 1.33e-3.  Not reproduced: airbench freezes the whitening
-bias after 3 epochs (here it trains throughout).
+the coupled decay, lr * wd per example, stays 1.33e-3.  Not reproduced:
+airbench freezes the whitening bias after 3 epochs (here it trains throughout).
 
 Command (real CIFAR-10 JPEGs of ../shared/data; the preparation is one-off):
 
