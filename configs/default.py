@@ -107,15 +107,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 128  # global, over all devices of all hosts
   c.eval_batch_size = 500
-  c.num_epochs = 200
+  # May be fractional (airbench: 9.9): the schedule has ceil(num_epochs * steps per
+  # epoch) steps, the last epoch partial.
+  c.num_epochs = 200.0
   c.num_train_steps = -1  # > 0: stop after this many steps (quick runs)
   c.dtype = 'float32'  # or 'bfloat16' (params, BN stats and loss stay float32)
   c.label_smoothing = 0.0
   c.steps_per_dispatch = 1  # > 1: run K steps per dispatch (lax.scan); same result
   c.nonfinite = 'stop'  # NaN/Inf loss: 'stop' (keep the last good checkpoint) or 'skip'
+  # > 1: each step's global batch runs as this many sequential micro-batches whose
+  # gradients are averaged (one update per batch_size examples); BatchNorm
+  # normalises each micro-batch and updates its running statistics after each.
+  c.grad_accum_steps = 1
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'sgd'  # 'sgd' | 'adam'
+  c.optimizer.name = 'sgd'  # 'sgd' | 'adam' | 'muon' (Muon for conv kernels, SGD for the rest)
   c.optimizer.momentum = 0.9
   c.optimizer.nesterov = False
   c.optimizer.b1 = 0.9
@@ -125,12 +131,22 @@ def get_config() -> ml_collections.ConfigDict:
   # 'coupled': L2 added to the gradient (PyTorch weight_decay);
   # 'decoupled': AdamW-style; 'loss': wd * sum(kernel**2) added to the loss.
   c.optimizer.weight_decay_mode = 'coupled'
+  # name='muon': conv kernels get Nesterov momentum muon_momentum, orthogonalised
+  # by muon_ns_steps Newton-Schulz steps, times muon_learning_rate x the
+  # schedule's fraction of its peak; muon_normalize first rescales each kernel
+  # to norm sqrt(out channels) (airbench94_muon).
+  c.optimizer.muon_learning_rate = 0.24
+  c.optimizer.muon_momentum = 0.6
+  c.optimizer.muon_ns_steps = 3
+  c.optimizer.muon_normalize = True
   c.optimizer.grad_clip_value = 0.0  # > 0: clip each gradient element
   c.optimizer.grad_clip_norm = 0.0  # > 0: clip by global norm
   # Learning-rate multiplier for BatchNorm biases; their coupled weight decay is
   # divided by it, so the decay per step stays the same (airbench: 64).
   c.optimizer.bn_bias_lr_scale = 1.0
   # Parameters never updated: '/'-joined path prefixes, e.g. ('stem/conv/kernel',).
+  # Their gradient is not computed (stop_gradient), nor any backward pass below
+  # them that only they needed (('stem',) skips the stem's and first conv's).
   c.optimizer.freeze = ()
   # airbench's lookahead: every N steps (0 = off) the weights and BN statistics
   # move to an EMA of themselves whose decay rises as lookahead_decay**N * t**3

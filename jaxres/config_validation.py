@@ -24,7 +24,7 @@ _CHOICES = {
     'model.bn_running_var': ('biased', 'unbiased'),
     'model.conv_padding': ('symmetric', 'same'),
     'model.conv_impl': models.CONV_IMPLS,
-    'optimizer.name': ('sgd', 'adam'),
+    'optimizer.name': ('sgd', 'adam', 'muon'),
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
     'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',
                       'onecycle'),
@@ -50,7 +50,8 @@ _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
              'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
              'schedule.div_factor', 'schedule.final_div_factor', 'model.whiten_kernel',
-             'model.whiten_samples', 'optimizer.bn_bias_lr_scale')
+             'model.whiten_samples', 'optimizer.bn_bias_lr_scale', 'grad_accum_steps',
+             'optimizer.muon_ns_steps')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -84,9 +85,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(config.data.mean) != len(config.data.std):
         raise ConfigError('config.data.mean and config.data.std differ in length.')
     _validate_augmentation(config.data)
-    if not 0 < config.schedule.pct_start < 1:
+    if not 0 <= config.schedule.pct_start < 1:  # 0: no warm-up, straight down
         raise ConfigError(f'config.schedule.pct_start={config.schedule.pct_start!r} must be '
-                          'in (0, 1).')
+                          'in [0, 1).')
     if config.eval.tta_translate and not config.eval.tta:
         raise ConfigError('config.eval.tta_translate=True needs config.eval.tta=True (the '
                           'translated views are averaged with their mirror images).')
@@ -131,6 +132,11 @@ def validate_for_data(config: ml_collections.ConfigDict, ds, num_devices: int) -
         if config[key] % num_devices:
             raise ConfigError(f'config.{key}={config[key]} is not divisible by the '
                               f'{num_devices} devices; use a multiple of {num_devices}.')
+    k = config.grad_accum_steps
+    if config.batch_size % (k * num_devices):
+        raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
+                          f'grad_accum_steps={k} micro-batches over {num_devices} devices; '
+                          f'use a multiple of {k * num_devices}.')
     n = len(ds.train_labels)
     if config.batch_size > n:
         raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {n} training '

@@ -147,13 +147,67 @@ def _not(mask_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda params: jax.tree_util.tree_map(lambda m: not m, mask_fn(params))
 
 
+def muon_mask(params: Any, frozen: Callable[[Any], Any] | None = None) -> Any:
+    """True for the leaves Muon updates: conv kernels (4-D), unless frozen."""
+    is_frozen = frozen(params) if frozen is not None else jax.tree_util.tree_map(
+        lambda _: False, params)
+    return jax.tree_util.tree_map(lambda p, f: p.ndim == 4 and not f, params, is_frozen)
+
+
+def normalize_weights() -> optax.GradientTransformation:
+    """Add ``p * (sqrt(fan_out) / |p| - 1)`` to each update (4-D HWIO kernels).
+
+    The weight is rescaled to Frobenius norm sqrt(out channels) before the step
+    (airbench94_muon): with BatchNorm after every conv the scale is free, and a
+    fixed norm makes Muon's learning rate the relative size of each step.
+    """
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError('normalize_weights needs the params')
+
+        def renorm(u, p):
+            scale = jnp.sqrt(jnp.float32(p.shape[-1])) / jnp.linalg.norm(p.astype(jnp.float32))
+            return u + (p * (scale - 1)).astype(u.dtype)
+
+        return jax.tree_util.tree_map(renorm, updates, params), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def muon(config: ml_collections.ConfigDict, schedule: optax.Schedule
+         ) -> optax.GradientTransformation:
+    """Muon for conv kernels: Nesterov momentum, then Newton-Schulz orthogonalised.
+
+    Each (kh * kw * in, out) update matrix is replaced by a near-orthogonal one
+    (singular values ~1), scaled by ``optimizer.muon_learning_rate`` times the
+    schedule's fraction of its peak; with ``optimizer.muon_normalize`` the
+    kernel is first rescaled to a fixed norm (``normalize_weights``).
+    """
+    o, peak = config.optimizer, config.schedule.learning_rate
+    conv_dims = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+    parts = [optax.contrib.scale_by_muon(
+                 ns_steps=o.muon_ns_steps, beta=o.muon_momentum, nesterov=True,
+                 weight_dimension_numbers=lambda tree: jax.tree_util.tree_map(
+                     lambda _: conv_dims, tree)),
+             optax.scale_by_learning_rate(lambda step: o.muon_learning_rate * schedule(step)
+                                          / peak)]
+    if o.muon_normalize:
+        parts.append(normalize_weights())
+    return optax.chain(*parts)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                      ) -> optax.GradientTransformation:
-    """Gradient clipping, weight decay and the update rule, in PyTorch's order."""
+    """Gradient clipping, weight decay and the update rule, in PyTorch's order.
+
+    ``optimizer.name='muon'``: Muon (``muon``) for the conv kernels, SGD with
+    these same settings for every other parameter (biases, BN, the head).
+    """
     o = config.optimizer
     # OneCycle's inverse momentum cycle, fed to the update rule step by step.
     momentum = (schedule.momentum if isinstance(schedule, OneCycle)
                 and config.schedule.cycle_momentum else None)
+    rule = 'sgd' if o.name == 'muon' else o.name
     parts = []
     if o.grad_clip_value > 0:
         parts.append(optax.clip(o.grad_clip_value))
@@ -168,13 +222,13 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
             parts.append(optax.add_decayed_weights(o.weight_decay, mask=_not(bn_bias_mask)))
             parts.append(optax.add_decayed_weights(o.weight_decay / bias_scale,
                                                    mask=bn_bias_mask))
-    if o.name == 'sgd':
+    if rule == 'sgd':
         if momentum is not None:  # PyTorch cycles it even when SGD's momentum is 0
             parts.append(optax.inject_hyperparams(optax.trace, static_args=('nesterov',))(
                 decay=momentum, nesterov=o.nesterov))
         elif o.momentum:
             parts.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
-    elif o.name == 'adam':
+    elif rule == 'adam':
         if momentum is not None:
             parts.append(optax.inject_hyperparams(optax.scale_by_adam)(
                 b1=momentum, b2=o.b2, eps=o.eps))
@@ -187,9 +241,15 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     parts.append(optax.scale_by_learning_rate(schedule))
     if bias_scale != 1.0:
         parts.append(optax.masked(optax.scale(bias_scale), bn_bias_mask))
-    if o.freeze:
-        parts.append(optax.masked(optax.set_to_zero(), path_mask(tuple(o.freeze))))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    frozen = path_mask(tuple(o.freeze)) if o.freeze else None
+    if o.name == 'muon':
+        labels = lambda params: jax.tree_util.tree_map(  # noqa: E731
+            lambda m: 'muon' if m else 'rest', muon_mask(params, frozen))
+        tx = optax.multi_transform({'muon': muon(config, schedule), 'rest': tx}, labels)
+    if frozen is not None:
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+    return tx
 
 
 def l2_loss(params: Any) -> jax.Array:

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -60,8 +61,19 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) ->
 
 def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
                label_smoothing: float = 0.0, l2_weight: float = 0.0,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, Array]]:
+               skip_nonfinite: bool = False, frozen: Callable[[Any], Any] | None = None,
+               accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
     """One SGD step on a global batch; returns the new state and scalar metrics.
+
+    ``frozen`` (params -> bool tree, e.g. ``optim.path_mask``) marks parameters
+    whose gradient is not computed: they enter the loss through ``stop_gradient``,
+    so XLA also drops the backward pass into layers below them that have no
+    trainable parameters (with the whole 'whiten' stem frozen, the first conv's
+    input gradient and the stem's backward).  Their updates are zero.
+
+    With ``accum_steps`` = k > 1 the batch runs as k sequential micro-batches
+    (``lax.scan``); their gradients are averaged into one update and the
+    BatchNorm statistics (each micro-batch's own) are threaded through them.
 
     With ``skip_nonfinite`` a step whose loss or gradients are not finite leaves
     params, BN statistics and optimizer state unchanged (only the step advances,
@@ -69,17 +81,42 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
     """
     key = jax.random.fold_in(dropout_key, state.step)
 
-    def loss_fn(params):
+    def loss_fn(params, batch_stats, micro, key):
+        if frozen is not None:
+            params = jax.tree_util.tree_map(
+                lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen(params))
         logits, updates = state.apply_fn(
-            {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+            {'params': params, 'batch_stats': batch_stats}, micro['image'], train=True,
             mutable=['batch_stats'], rngs={'dropout': key})
-        loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+        loss = cross_entropy(logits, micro['label'], label_smoothing).mean()
         total = loss + l2_weight * optim.l2_loss(params) if l2_weight else loss
-        return total, (loss, logits, updates['batch_stats'])
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == micro['label'])
+        return total, (loss, accuracy, updates['batch_stats'])
 
-    grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        grads, (loss, accuracy, batch_stats) = grad_fn(state.params, state.batch_stats,
+                                                       batch, key)
+    else:
+        # Micro-batch i holds examples i, i + k, i + 2k, ...: a reshape that keeps
+        # every device's examples on that device (the batch axis stays sharded).
+        micro = jax.tree_util.tree_map(
+            lambda x: jnp.swapaxes(x.reshape(-1, accum_steps, *x.shape[1:]), 0, 1), batch)
+
+        def accumulate(carry, xs):
+            grads, batch_stats = carry
+            i, mb = xs
+            g, (loss, accuracy, batch_stats) = grad_fn(state.params, batch_stats, mb,
+                                                       jax.random.fold_in(key, i))
+            return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (loss, accuracy)
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        (grads, batch_stats), (losses, accuracies) = jax.lax.scan(
+            accumulate, (zeros, state.batch_stats), (jnp.arange(accum_steps), micro))
+        grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
+        loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+    metrics = {'loss': loss, 'accuracy': accuracy}
     if skip_nonfinite:
         ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
             [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
@@ -269,7 +306,8 @@ class Trainer:
               mesh: jax.sharding.Mesh) -> 'Trainer':
         config_validation.validate_for_data(config, ds, mesh.size)
         steps_per_epoch = len(ds.train_labels) // config.batch_size
-        schedule_steps = config.num_epochs * steps_per_epoch
+        # round() first: 0.7 * 10 is 7.000000000000001 in floats, and must give 7 steps.
+        schedule_steps = math.ceil(round(config.num_epochs * steps_per_epoch, 6))
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
         schedule = optim.create_schedule(config, steps_per_epoch, schedule_steps)
         aug = input_pipeline.Augmentation.from_config(config)
@@ -324,7 +362,10 @@ class Trainer:
         l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
         state, metrics = train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
                                     label_smoothing=cfg.label_smoothing, l2_weight=l2,
-                                    skip_nonfinite=cfg.nonfinite == 'skip')
+                                    skip_nonfinite=cfg.nonfinite == 'skip',
+                                    frozen=optim.path_mask(tuple(cfg.optimizer.freeze))
+                                    if cfg.optimizer.freeze else None,
+                                    accum_steps=cfg.grad_accum_steps)
         if cfg.optimizer.lookahead_every > 0:
             state = lookahead_update(state, every=cfg.optimizer.lookahead_every,
                                      decay=cfg.optimizer.lookahead_decay,

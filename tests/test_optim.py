@@ -218,3 +218,34 @@ def test_bn_bias_lr_scale_and_frozen_parameters():
     # BN biases: 64x the gradient step, the same decay per step.
     np.testing.assert_allclose(updates['block']['bn']['bias'], -0.1 * (64 * 0.5 + 0.01),
                                rtol=1e-6)
+
+
+def test_muon_orthogonalises_conv_kernels_and_uses_sgd_elsewhere():
+    config = _config(**{'optimizer.name': 'muon', 'schedule.name': 'constant',
+                        'schedule.learning_rate': 0.1, 'optimizer.momentum': 0.0,
+                        'optimizer.weight_decay': 0.0, 'optimizer.muon_learning_rate': 0.01,
+                        'optimizer.muon_ns_steps': 5, 'optimizer.freeze': ('stem',)})
+    tx = optim.create_optimizer(config, optim.create_schedule(config, 10, 10))
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(3.0 * rng.standard_normal((3, 3, 8, 16)), jnp.float32)
+    params = {'stem': {'conv': {'kernel': jnp.ones((2, 2, 3, 12))}},
+              'block': {'conv': {'kernel': kernel}, 'bn': {'bias': jnp.ones(16)}},
+              'head': {'kernel': jnp.ones((16, 4))}}
+    grads = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates['stem']['conv']['kernel'], 0.0)  # frozen
+    # Everything that is not a conv kernel: plain SGD, -lr * g.
+    np.testing.assert_allclose(updates['head']['kernel'], -0.1 * grads['head']['kernel'],
+                               rtol=1e-6)
+    np.testing.assert_allclose(updates['block']['bn']['bias'],
+                               -0.1 * grads['block']['bn']['bias'], rtol=1e-6)
+    # The conv kernel is rescaled to norm sqrt(16) = 4, then moved by an update
+    # whose (72, 16) matrix has singular values near 1, times the Muon lr.
+    new = params['block']['conv']['kernel'] + updates['block']['conv']['kernel']
+    rescaled = kernel * 4.0 / jnp.linalg.norm(kernel)
+    step = (new - rescaled).reshape(72, 16) / -0.01
+    singular = np.linalg.svd(np.asarray(step), compute_uv=False)
+    assert 0.5 < singular.min() and singular.max() < 1.5, singular
+    # Its direction follows the gradient's: positive inner product.
+    assert float(jnp.sum(step * grads['block']['conv']['kernel'].reshape(72, 16))) > 0

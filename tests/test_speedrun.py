@@ -5,17 +5,22 @@ import os
 
 import numpy as np
 
-from configs import cifar10_speedrun
+from configs import cifar10_speedrun, cifar10_speedrun_muon
 from jaxres import datasets, train
+
+
+def _cifar_shaped_random(n_train=2048):
+    rng = np.random.default_rng(0)
+    return datasets.ImageDataset.from_arrays(
+        rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, n_train),
+        rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 1000))
 
 
 def test_speedrun_config_trains_and_evaluates(tmp_path):
     # Two steps of the full-size net and batch on CIFAR-shaped random images,
     # through the whole recipe: whitening init, frozen stem, BN-bias lr, TTA.
-    rng = np.random.default_rng(0)
-    ds = datasets.ImageDataset.from_arrays(
-        rng.integers(0, 256, (2048, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 2048),
-        rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 1000))
+    ds = _cifar_shaped_random()
     config = cifar10_speedrun.get_config()
     config.num_train_steps = 2
     config.checkpoint.async_save = False
@@ -24,6 +29,18 @@ def test_speedrun_config_trains_and_evaluates(tmp_path):
     assert np.isfinite(results['loss'])
     with open(os.path.join(tmp_path, 'eval_results.json')) as f:
         assert json.load(f)['step'] == 2
+
+
+def test_speedrun_muon_config_trains_and_evaluates(tmp_path):
+    # Two steps of the Muon recipe (Muon + SGD groups, 4 micro-batches per step,
+    # frozen stem); the batch is cut to 256 so that it splits over 8 devices.
+    ds = _cifar_shaped_random()
+    config = cifar10_speedrun_muon.get_config()
+    config.batch_size = 256
+    config.num_train_steps = 2
+    config.checkpoint.async_save = False
+    results = train.train_and_evaluate(config, str(tmp_path), ds)
+    assert results['step'] == 2 and np.isfinite(results['loss'])
 
 
 def test_whitening_stem_is_computed_from_the_data_and_stays_frozen():

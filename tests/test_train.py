@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxres import checkpointing, input_pipeline, main, metric_logging, sharding, train
+from jaxres import checkpointing, input_pipeline, main, metric_logging, optim, sharding, train
 
 from conftest import random_dataset, tiny_config
 
@@ -34,6 +34,42 @@ def test_loss_falls_on_a_fixed_batch():
         losses.append(float(metrics['loss']))
     assert losses[-1] < 0.5 * losses[0], losses
 
+
+
+def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
+    # Whole 'whiten' stem frozen: the step matches the optimizer-masked one, the
+    # stem stays put, and the compiled step has fewer convolutions (no gradient
+    # into the stem, nor into the first block's input).
+    config = tiny_config(**{'model.stem': 'whiten', 'model.block': 'conv_pool',
+                            'model.stage_widths': (8, 8), 'model.bn_scale': False,
+                            'model.conv_impl': 'xla',
+                            'schedule.name': 'constant', 'schedule.learning_rate': 0.05,
+                            'optimizer.freeze': ('stem',)})
+    ds = random_dataset(n_train=32)
+    trainer, _ = _trainer(config, ds)
+    state = trainer.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+             'label': ds.train_labels}
+
+    def step(frozen):
+        return jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0),
+                                                     frozen=frozen))
+
+    masked_only = step(None)
+    pruned = step(optim.path_mask(('stem',)))
+    want, _ = masked_only(state, batch)
+    got, _ = pruned(state, batch)
+    for a, b in zip(jax.tree_util.tree_leaves(want.params), jax.tree_util.tree_leaves(got.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.params['stem']['conv']['kernel'],
+                                  state.params['stem']['conv']['kernel'])
+    np.testing.assert_array_equal(got.params['stem']['conv']['bias'],
+                                  state.params['stem']['conv']['bias'])
+
+    def convolutions(fn):
+        return fn.lower(state, batch).compile().as_text().count(' convolution(')
+
+    assert convolutions(pruned) < convolutions(masked_only)
 
 def _params(workdir, config, ds):
     trainer, _ = _trainer(config, ds)
@@ -88,6 +124,17 @@ def test_eval_of_restored_checkpoint_equals_end_of_training(tmp_path, monkeypatc
     with open(os.path.join(workdir, 'eval_results.json')) as f:
         assert json.load(f)['num_examples'] == 40
 
+
+
+def test_fractional_epochs_end_mid_epoch_with_the_final_evaluation(tmp_path):
+    # 4 steps per epoch: 1.5 epochs are 6 steps, 0.7 epochs ceil(2.8) = 3.
+    ds = random_dataset()
+    assert _trainer(tiny_config(num_epochs=0.7), ds)[0].schedule_steps == 3
+    config = tiny_config(num_epochs=1.5, **{'eval.every_epochs': 100})
+    results = train.train_and_evaluate(config, str(tmp_path), ds)
+    assert results['step'] == 6
+    records = metric_logging.read_jsonl(os.path.join(tmp_path, 'metrics.jsonl'))
+    assert [r['step'] for r in records if 'eval_accuracy' in r] == [6]
 
 def test_eval_counts_10000_examples_with_a_batch_that_does_not_divide_it():
     ds = random_dataset(n_train=64, n_eval=10_000)
@@ -167,3 +214,28 @@ def test_tta_probabilities_weights_and_views():
                                rtol=1e-6)
     np.testing.assert_allclose(np.sum(both, -1), 1.0, rtol=1e-6)
     assert not np.allclose(both, flip_only)
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients():
+    # Constant lr, no momentum or decay: the update is -lr * the mean gradient
+    # of the micro-batches (examples 0, 2, 4, ... and 1, 3, 5, ...), and the BN
+    # running statistics are updated by one micro-batch after the other.
+    config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.1,
+                            'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.0})
+    ds = random_dataset(n_train=32)
+    trainer, _ = _trainer(config, ds)
+    state = trainer.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+             'label': ds.train_labels}
+    step = jax.jit(lambda s, b, k: train.train_step(s, b, dropout_key=jax.random.key(0),
+                                                    accum_steps=k), static_argnums=2)
+    first, second = ({k: v[i::2] for k, v in batch.items()} for i in (0, 1))
+    s1, m1 = step(state, first, 1)
+    s2, m2 = step(state.replace(batch_stats=s1.batch_stats), second, 1)
+    got, metrics = step(state, batch, 2)
+    for g, a, b in zip(*(jax.tree_util.tree_leaves(t.params) for t in (got, s1, s2))):
+        np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-4, atol=1e-6)
+    for g, b in zip(*(jax.tree_util.tree_leaves(t.batch_stats) for t in (got, s2))):
+        np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics['loss'], (m1['loss'] + m2['loss']) / 2, rtol=1e-5)
+    assert int(got.step) == 1
