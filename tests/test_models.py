@@ -79,8 +79,8 @@ def test_airbench_style_net_from_parts(w):
     # By hand: whiten 2x2x3x24 (+24 bias); convs 3x3 24->64, 64->64, 64->w, then
     # w->w three times (+ one BN bias per conv output channel, no BN scale);
     # head w x 10, no bias.
-    from configs import cifar10_speedrun
-    config = cifar10_speedrun.get_config()
+    from configs import cifar10_speedrun_sgd
+    config = cifar10_speedrun_sgd.get_config()
     config.model.stage_widths = (64, w, w)
     model = models.create_model(config.model, num_classes=10)
     x = jnp.zeros((2, 32, 32, 3))
