@@ -184,13 +184,13 @@ def muon(config: ml_collections.ConfigDict, schedule: optax.Schedule
     kernel is first rescaled to a fixed norm (``normalize_weights``).
     """
     o, peak = config.optimizer, config.schedule.learning_rate
+    scale = o.muon_learning_rate / peak if peak else 0.0  # Muon's lr per unit of schedule
     conv_dims = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
     parts = [optax.contrib.scale_by_muon(
                  ns_steps=o.muon_ns_steps, beta=o.muon_momentum, nesterov=True,
                  weight_dimension_numbers=lambda tree: jax.tree_util.tree_map(
                      lambda _: conv_dims, tree)),
-             optax.scale_by_learning_rate(lambda step: o.muon_learning_rate * schedule(step)
-                                          / peak)]
+             optax.scale_by_learning_rate(lambda step: scale * schedule(step))]
     if o.muon_normalize:
         parts.append(normalize_weights())
     return optax.chain(*parts)
