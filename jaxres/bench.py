@@ -118,7 +118,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
     ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
     mesh = sharding.make_data_mesh()
     trainer = train.Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug)
     state = trainer.init_state()
     order = trainer.epoch_order_fn(state.step)
 

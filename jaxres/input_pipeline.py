@@ -1,7 +1,13 @@
 """Device-resident input pipeline: shuffle, augment and batch inside jitted code.
 
-The whole uint8 training set lives on every device (CIFAR-10 is 150 MB).  Each
-epoch's order is a permutation drawn on the device from (seed, epoch); the
+The whole training set lives on every device, one word per pixel (its channels
+packed into the bytes of a uint32 for RGB) and padded left and right by the
+crop's padding: the random crop is then a gather of whole rows of pixel words,
+a third of the elements of a per-example slice of a padded uint8 copy and
+without its per-byte bounds checks, and the unpacking, flip and normalisation
+that follow compile to one vectorised loop (CIFAR-10: 256 MB so stored, against
+150 MB as uint8 arrays; ``benchmarks/RESULTS.md`` has the measured speed-up).
+Each epoch's order is a permutation drawn on the device from (seed, epoch); the
 train step gathers its global batch from it, and because that batch is sharded
 over the ``data`` mesh axis, every device gathers and augments only its own
 slice.  Every example's augmentation key is derived from (seed, epoch, position
@@ -31,8 +37,11 @@ Array = jax.Array
 class DeviceData:
     """Arrays on the device(s): the training set (replicated) and eval batches.
 
-    ``eval_images`` is (num_batches, batch, H, W, C), sharded over ``data`` on
-    the batch axis; ``eval_mask`` marks the padding added to fill the last batch.
+    ``train_images`` is (N, H, W + 2 * train_padding) pixel words
+    (``pack_pixels``) with ``channels`` channels each, the columns padded by
+    ``train_padding`` in ``padding_mode``.  ``eval_images`` is
+    (num_batches, batch, H, W, C) uint8, sharded over ``data`` on the batch axis;
+    ``eval_mask`` marks the padding added to fill the last batch.
     """
 
     train_images: Array
@@ -40,6 +49,9 @@ class DeviceData:
     eval_images: Array
     eval_labels: Array
     eval_mask: Array
+    channels: int = dataclasses.field(default=3, metadata=dict(static=True))
+    train_padding: int = dataclasses.field(default=0, metadata=dict(static=True))
+    padding_mode: str = dataclasses.field(default='constant', metadata=dict(static=True))
 
 
 # The augmentation ops, in the order ``augment`` applies them by default.
@@ -129,17 +141,59 @@ def pad_eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
             mask.reshape(shape))
 
 
-def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int) -> DeviceData:
-    """Places the training set (replicated) and the eval batches (sharded)."""
+def pixel_dtype(channels: int) -> np.dtype:
+    """The unsigned word that holds one pixel's ``channels`` uint8 values."""
+    if not 1 <= channels <= 4:
+        raise ValueError(f'images have {channels} channels; the device input pipeline '
+                         'supports 1 to 4 (grey, grey + alpha, RGB, RGBA).')
+    return np.dtype({1: np.uint8, 2: np.uint16}.get(channels, np.uint32))
+
+
+def pack_pixels(images: np.ndarray, padding: int = 0, mode: str = 'constant') -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, H, W + 2 * padding) words, channel c in byte c.
+
+    The columns are padded as ``random_crop`` pads (zeros or reflection), so
+    that a crop's rows are contiguous runs of the stored rows.
+    """
+    dtype = pixel_dtype(images.shape[-1])
+    words = np.zeros(images.shape[:-1], dtype)
+    for c in range(images.shape[-1]):
+        words |= images[..., c].astype(dtype) << (8 * c)
+    pad_mode = 'constant' if mode == 'constant' else 'reflect'
+    return np.pad(words, ((0, 0), (0, 0), (padding, padding)), pad_mode)
+
+
+def unpack_pixels(words: Array, channels: int) -> Array:
+    """(...) pixel words -> (..., channels) uint8: the inverse of ``pack_pixels``."""
+    shifts = jnp.arange(channels, dtype=words.dtype) * 8
+    return ((words[..., None] >> shifts) & 0xFF).astype(jnp.uint8)
+
+
+def stored_padding(aug: Augmentation | None) -> int:
+    """The column padding to store: the crop's, when the crop is the first op."""
+    return aug.crop_padding if aug is not None and aug.ops()[:1] == ('crop',) else 0
+
+
+def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
+              aug: Augmentation | None = None) -> DeviceData:
+    """Places the training set (replicated) and the eval batches (sharded).
+
+    With the run's ``aug``, the training set is stored padded for its crop (the
+    fast path of ``train_batch``); without, any ``aug`` still gives the same
+    batches, the slower way.
+    """
     replicated = NamedSharding(mesh, P())
     eval_sharding = NamedSharding(mesh, P(None, 'data'))
     ex, ey, em = pad_eval_batches(ds.eval_images, ds.eval_labels, eval_batch_size)
+    padding = stored_padding(aug)
+    mode = aug.padding_mode if aug is not None else 'constant'
     return DeviceData(
-        train_images=_global_array(ds.train_images, replicated),
+        train_images=_global_array(pack_pixels(ds.train_images, padding, mode), replicated),
         train_labels=_global_array(ds.train_labels.astype(np.int32), replicated),
         eval_images=_global_array(ex, eval_sharding),
         eval_labels=_global_array(ey.astype(np.int32), eval_sharding),
         eval_mask=_global_array(em, eval_sharding),
+        channels=ds.train_images.shape[-1], train_padding=padding, padding_mode=mode,
     )
 
 
@@ -175,17 +229,45 @@ def normalize(images: Array, aug: Augmentation, dtype: Any = jnp.float32) -> Arr
     return x.astype(dtype)
 
 
+def crop_offsets(keys: Array, padding: int) -> Array:
+    """(n, 2) crop offsets (dy, dx) in [0, 2 * padding], one pair per key."""
+    return jax.vmap(lambda k: jax.random.randint(k, (2,), 0, 2 * padding + 1))(keys)
+
+
 def random_crop(images: Array, keys: Array, padding: int, mode: str) -> Array:
     """Pads by ``padding`` (zeros or reflection) and crops back at random offsets."""
     n, h, w, c = images.shape
     pad_mode = 'constant' if mode == 'constant' else 'reflect'
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), pad_mode)
+    crop_one = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+    return jax.vmap(crop_one)(padded, crop_offsets(keys, padding))
 
-    def crop_one(img, key):
-        dy, dx = jax.random.randint(key, (2,), 0, 2 * padding + 1)
-        return jax.lax.dynamic_slice(img, (dy, dx, 0), (h, w, c))
 
-    return jax.vmap(crop_one)(padded, keys)
+def gather_windows(words: Array, idx: Array, offsets: Array, padding: int, mode: str) -> Array:
+    """(n, H, W) windows of stored images ``words[idx]`` at ``offsets`` (n, 2).
+
+    ``words`` is ``pack_pixels(images, padding, mode)``; offset (dy, dx) takes
+    the window a ``padding``-padded copy would show at (dy, dx), so (padding,
+    padding) is the image itself.  Gathers whole rows of W words; rows that
+    fall in the vertical padding read a clamped row, then are zeroed
+    ('constant'), or read the reflected row ('reflect').
+    """
+    n, (_, h, stored_w) = idx.shape[0], words.shape
+    w = stored_w - 2 * padding
+    rows = jnp.arange(h)[None, :] + offsets[:, :1] - padding  # (n, h), may leave [0, h)
+    if mode == 'constant':
+        src = jnp.clip(rows, 0, h - 1)
+    else:  # reflect without repeating the edge, as jnp.pad's 'reflect'
+        src = jnp.abs(rows)
+        src = jnp.where(src > h - 1, 2 * (h - 1) - src, src)
+    starts = jnp.stack([jnp.broadcast_to(idx[:, None], (n, h)), src,
+                        jnp.broadcast_to(offsets[:, 1:], (n, h))], axis=-1)
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(2,), collapsed_slice_dims=(0, 1),
+                                          start_index_map=(0, 1, 2))
+    out = jax.lax.gather(words, starts, dims, (1, 1, w), mode='clip')
+    if mode == 'constant':
+        out = jnp.where(((rows >= 0) & (rows < h))[:, :, None], out, 0)
+    return out
 
 
 def random_hflip(images: Array, keys: Array) -> Array:
@@ -358,19 +440,30 @@ def alternate_flips(data_key: Array, example_ids: Array, epoch: Array) -> Array:
     return fixed ^ (epoch % 2 == 1)
 
 
-def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None = None
-            ) -> Array:
+def _first_crop_and_flip_keys(keys: Array) -> tuple[Array, Array]:
+    return jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
+
+
+# Ops that only move whole pixels: they run on packed pixel words as well.
+PIXEL_MOVES = ('crop', 'hflip', 'vflip')
+
+
+def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None = None,
+            start: int = 0) -> Array:
     """Per-example random augmentation of uint8 images (one key per example).
 
-    Applies ``aug.ops()`` in order; ``flips`` (per-example booleans), when given,
+    Applies ``aug.ops()[start:]`` in order (``start``: ops already applied);
+    ``flips`` (per-example booleans), when given,
     decide the horizontal flips instead of random draws.  The first crop and first horizontal flip
     draw from the same keys as before these ops existed, so runs that use only
     them keep their exact batches; every other op (or repeat) gets its own key.
     """
-    crop_keys, flip_keys = jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
+    crop_keys, flip_keys = _first_crop_and_flip_keys(keys)
     first = {'crop': crop_keys, 'hflip': flip_keys}
     for i, op in enumerate(aug.ops()):
         op_keys = first.pop(op, None)
+        if i < start:
+            continue
         if op_keys is None:
             op_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
         if op == 'crop':
@@ -405,11 +498,22 @@ def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_
     if batch_sharding is not None:
         # Shard the indices: each device then gathers and augments only its slice.
         idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-    images = data.train_images[idx]
     labels = data.train_labels[idx]
     epoch_key = jax.random.fold_in(jax.random.fold_in(data_key, 1), epoch)
     positions = pos * batch_size + jnp.arange(batch_size)
     keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
     flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
-    images = augment(images, keys, aug, flips)
+    ops, pad = aug.ops(), data.train_padding
+    # The first op is a crop the data were padded for: it is the gather itself.
+    fused = (ops[:1] == ('crop',) and pad == aug.crop_padding
+             and data.padding_mode == aug.padding_mode)
+    offsets = (crop_offsets(_first_crop_and_flip_keys(keys)[0], pad) if fused
+               else jnp.full((batch_size, 2), pad))
+    words = gather_windows(data.train_images, idx, offsets, pad, data.padding_mode)
+    start = int(fused)
+    if all(op in PIXEL_MOVES for op in ops[start:]):
+        words = augment(words[..., None], keys, aug, flips, start)[..., 0]
+        images = unpack_pixels(words, data.channels)
+    else:
+        images = augment(unpack_pixels(words, data.channels), keys, aug, flips, start)
     return {'image': normalize(images, aug, dtype), 'label': labels}

@@ -488,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ds = ds if ds is not None else datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
     trainer = Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug)
     cfg = config
 
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)

@@ -59,7 +59,7 @@ def _batches_on_1_and_8_devices(ds, aug):
     outs = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_data_mesh(devices)
-        data = input_pipeline.to_device(ds, mesh, 8)
+        data = input_pipeline.to_device(ds, mesh, 8, aug)
         order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
         fn = jax.jit(lambda d, o, s, mesh=mesh: input_pipeline.train_batch(
             d, o, s, 0, jax.random.key(1), aug, batch_sharding=sharding.batch_sharded(mesh)))
@@ -269,3 +269,73 @@ def test_alternating_flip_in_train_batch_does_not_depend_on_device_count():
                                       padding_mode='reflect', hflip=True, flip_mode='alternate')
     outs = _batches_on_1_and_8_devices(ds, aug)
     np.testing.assert_array_equal(outs[0]['image'], outs[1]['image'])
+
+
+# --------------------------------------------------------------------------- #
+# Stored pixel words: the crop as a gather of rows.
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize('channels', [1, 2, 3, 4])
+def test_pixel_words_round_trip(channels):
+    x = np.random.default_rng(channels).integers(0, 256, (3, 5, 5, channels), np.uint8)
+    words = input_pipeline.pack_pixels(x, padding=2)
+    assert words.shape == (3, 5, 9) and words.dtype.itemsize == {1: 1, 2: 2}.get(channels, 4)
+    np.testing.assert_array_equal(input_pipeline.unpack_pixels(jnp.asarray(words), channels)[:, :, 2:7], x)
+    np.testing.assert_array_equal(words[:, :, :2], 0)
+
+
+def test_more_than_four_channels_are_refused():
+    with pytest.raises(ValueError, match='5 channels'):
+        input_pipeline.pack_pixels(np.zeros((1, 2, 2, 5), np.uint8))
+
+
+@pytest.mark.parametrize('mode', ['constant', 'reflect'])
+def test_gathered_windows_are_the_padded_copys_windows(mode):
+    x = np.asarray(_images(n=5, size=7))
+    pad = 3
+    words = jnp.asarray(input_pipeline.pack_pixels(x, pad, mode))
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode)
+    idx = jnp.asarray([4, 0, 4, 2])
+    offsets = jnp.asarray([[0, 0], [6, 6], [3, 3], [1, 5]])
+    got = input_pipeline.unpack_pixels(
+        input_pipeline.gather_windows(words, idx, offsets, pad, mode), 3)
+    for out, i, (dy, dx) in zip(np.asarray(got), np.asarray(idx), np.asarray(offsets)):
+        np.testing.assert_array_equal(out, padded[i, dy:dy + 7, dx:dx + 7])
+    np.testing.assert_array_equal(got[2], x[4])  # offset (pad, pad): the image itself
+
+
+def _reference_batch(ds, aug, step):
+    """The batch as the uint8 pipeline builds it: gather, ``augment``, normalise."""
+    order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+    idx = order[step]
+    epoch_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 1), 0)
+    keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(step * 32 + jnp.arange(32))
+    flips = (input_pipeline.alternate_flips(jax.random.key(1), idx, jnp.int32(0))
+             if aug.flip_mode == 'alternate' else None)
+    images = input_pipeline.augment(jnp.asarray(ds.train_images)[idx], keys, aug, flips)
+    return input_pipeline.normalize(images, aug)
+
+
+@pytest.mark.parametrize('kw', [
+    dict(crop_padding=2, hflip=True),
+    dict(crop_padding=3, padding_mode='reflect', hflip=True, flip_mode='alternate'),
+    dict(crop_padding=2, hflip=True, vflip=True),
+    dict(crop_padding=2, hflip=True, order=('hflip', 'crop')),
+    dict(crop_padding=1, rotation=20.0),
+    dict(hflip=True),
+], ids=['crop-flip', 'reflect-alternate', 'vflip', 'flip-first', 'crop-affine', 'no-crop'])
+def test_train_batch_equals_the_uint8_pipeline(kw):
+    """Stored padded for this crop, unpadded or padded for another, the batch is the
+    uint8 pipeline's."""
+    ds = random_dataset(n_train=64)
+    aug = _aug(**kw)
+    mesh = sharding.make_data_mesh(jax.devices()[:1])
+    order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+    want = _reference_batch(ds, aug, 1)
+    other = _aug(crop_padding=4, padding_mode='reflect')  # data stored for another crop
+    for data in (input_pipeline.to_device(ds, mesh, 8, aug), input_pipeline.to_device(ds, mesh, 8),
+                 input_pipeline.to_device(ds, mesh, 8, other)):
+        got = jax.jit(lambda d, o: input_pipeline.train_batch(d, o, jnp.int32(1), 0,
+                                                              jax.random.key(1), aug))(data, order)
+        np.testing.assert_allclose(got['image'], want, rtol=0, atol=1e-6)
+    assert (input_pipeline.to_device(ds, mesh, 8, aug).train_padding
+            == (aug.crop_padding if aug.ops()[:1] == ('crop',) else 0))
