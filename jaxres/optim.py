@@ -143,6 +143,12 @@ def path_mask(prefixes: tuple[str, ...]) -> Callable[[Any], Any]:
     return mask
 
 
+def frozen_mask(config: ml_collections.ConfigDict) -> Callable[[Any], Any] | None:
+    """``optimizer.freeze`` as a mask function (None when nothing is frozen)."""
+    freeze = tuple(config.optimizer.freeze)
+    return path_mask(freeze) if freeze else None
+
+
 def _not(mask_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda params: jax.tree_util.tree_map(lambda m: not m, mask_fn(params))
 
@@ -242,7 +248,7 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
     if bias_scale != 1.0:
         parts.append(optax.masked(optax.scale(bias_scale), bn_bias_mask))
     tx = optax.chain(*parts)
-    frozen = path_mask(tuple(o.freeze)) if o.freeze else None
+    frozen = frozen_mask(config)
     if o.name == 'muon':
         labels = lambda params: jax.tree_util.tree_map(  # noqa: E731
             lambda m: 'muon' if m else 'rest', muon_mask(params, frozen))

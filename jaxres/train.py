@@ -363,8 +363,7 @@ class Trainer:
         state, metrics = train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
                                     label_smoothing=cfg.label_smoothing, l2_weight=l2,
                                     skip_nonfinite=cfg.nonfinite == 'skip',
-                                    frozen=optim.path_mask(tuple(cfg.optimizer.freeze))
-                                    if cfg.optimizer.freeze else None,
+                                    frozen=optim.frozen_mask(cfg),
                                     accum_steps=cfg.grad_accum_steps)
         if cfg.optimizer.lookahead_every > 0:
             state = lookahead_update(state, every=cfg.optimizer.lookahead_every,
