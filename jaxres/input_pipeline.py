@@ -452,11 +452,13 @@ def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None =
             start: int = 0) -> Array:
     """Per-example random augmentation of uint8 images (one key per example).
 
-    Applies ``aug.ops()[start:]`` in order (``start``: ops already applied);
-    ``flips`` (per-example booleans), when given,
-    decide the horizontal flips instead of random draws.  The first crop and first horizontal flip
-    draw from the same keys as before these ops existed, so runs that use only
-    them keep their exact batches; every other op (or repeat) gets its own key.
+    Applies ``aug.ops()[start:]`` in order (the first ``start`` ops were applied
+    already, e.g. a crop done by the gather); ``PIXEL_MOVES`` also run on pixel
+    words, (n, H, W, 1).  ``flips`` (per-example booleans), when given, decide
+    the horizontal flips instead of random draws.  The first crop and first
+    horizontal flip draw from the same keys as before these ops existed, so runs
+    that use only them keep their exact batches; every other op (or repeat) gets
+    its own key.
     """
     crop_keys, flip_keys = _first_crop_and_flip_keys(keys)
     first = {'crop': crop_keys, 'hflip': flip_keys}
@@ -491,7 +493,11 @@ def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None =
 def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_key: Array,
                 aug: Augmentation, dtype: Any = jnp.float32,
                 batch_sharding: NamedSharding | None = None) -> dict[str, Array]:
-    """The augmented global batch for ``step`` (within its epoch's ``order``)."""
+    """The augmented global batch for ``step`` (within its epoch's ``order``).
+
+    When ``data`` was stored padded for this crop (``to_device`` with the same
+    ``aug``) and the crop is the first op, the crop is the gather itself.
+    """
     steps_per_epoch, batch_size = order.shape
     pos = step % steps_per_epoch
     idx = jax.lax.dynamic_index_in_dim(order, pos, keepdims=False)
