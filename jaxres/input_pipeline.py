@@ -175,21 +175,24 @@ def stored_padding(aug: Augmentation | None) -> int:
 
 
 def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
-              aug: Augmentation | None = None) -> DeviceData:
+              aug: Augmentation | None = None, with_train: bool = True) -> DeviceData:
     """Places the training set (replicated) and the eval batches (sharded).
 
     With the run's ``aug``, the training set is stored padded for its crop (the
     fast path of ``train_batch``); without, any ``aug`` still gives the same
-    batches, the slower way.
+    batches, the slower way.  ``with_train=False`` (evaluation only) leaves the
+    training set on the host: its arrays are empty.
     """
     replicated = NamedSharding(mesh, P())
     eval_sharding = NamedSharding(mesh, P(None, 'data'))
     ex, ey, em = pad_eval_batches(ds.eval_images, ds.eval_labels, eval_batch_size)
     padding = stored_padding(aug)
     mode = aug.padding_mode if aug is not None else 'constant'
+    keep = slice(None) if with_train else slice(0)
     return DeviceData(
-        train_images=_global_array(pack_pixels(ds.train_images, padding, mode), replicated),
-        train_labels=_global_array(ds.train_labels.astype(np.int32), replicated),
+        train_images=_global_array(pack_pixels(ds.train_images[keep], padding, mode),
+                                   replicated),
+        train_labels=_global_array(ds.train_labels[keep].astype(np.int32), replicated),
         eval_images=_global_array(ex, eval_sharding),
         eval_labels=_global_array(ey.astype(np.int32), eval_sharding),
         eval_mask=_global_array(em, eval_sharding),

@@ -47,7 +47,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                                                   config.checkpoint.best_metric)
     directory = str(manager.directory)
     state = checkpointing.restore_state(manager, step, trainer.abstract_state())
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, with_train=False)
     results = dict(trainer.evaluate(state, data), step=int(step), split=split,
                    checkpoint=os.path.join(directory, str(step)))
     if jax.process_index() == 0:

@@ -339,3 +339,13 @@ def test_train_batch_equals_the_uint8_pipeline(kw):
         np.testing.assert_allclose(got['image'], want, rtol=0, atol=1e-6)
     assert (input_pipeline.to_device(ds, mesh, 8, aug).train_padding
             == (aug.crop_padding if aug.ops()[:1] == ('crop',) else 0))
+
+
+def test_evaluation_only_data_leave_the_training_set_on_the_host():
+    ds = random_dataset(n_train=64)
+    mesh = sharding.make_data_mesh()
+    full = input_pipeline.to_device(ds, mesh, 8)
+    eval_only = input_pipeline.to_device(ds, mesh, 8, with_train=False)
+    assert eval_only.train_images.shape == (0, 8, 8) and eval_only.train_labels.shape == (0,)
+    for name in ('eval_images', 'eval_labels', 'eval_mask'):
+        np.testing.assert_array_equal(getattr(eval_only, name), getattr(full, name))
