@@ -102,7 +102,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
         if mode == 'train':
             results = train.train_and_evaluate(config, workdir)
             _print_results(results, workdir)
-            _print_closing_summary(results, workdir)
+            _print_closing_summary(results, workdir, next_step(config, workdir))
         elif mode == 'eval':
             results = evaluate_checkpoint(config, workdir)
             _print_results(results, workdir)
@@ -123,7 +123,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
     return 0
 
 
-def _print_closing_summary(results: dict, workdir: str) -> None:
+def next_step(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """What to run after training: CIFAR-10 after the digits, else use the model."""
+    if 'cifar' not in str(config.dataset):
+        return ('Next: train a ResNet-18 on CIFAR-10 (TFDS downloads it; offline, first run\n'
+                '  python -m jaxres.prepare_data --source CIFAR_ARCHIVE_OR_IMAGE_FOLDER '
+                '--data_dir ~/tensorflow_datasets):\n'
+                '  python launch.py --config configs/cifar10_resnet18.py --workdir runs/r18')
+    return ('Next: label new images with this checkpoint (the same --config and overrides):\n'
+            f'  python launch.py --config CONFIG --workdir {workdir} --mode=predict '
+            '--config.predict.input=PATH --config.predict.output=OUT.npy')
+
+
+def _print_closing_summary(results: dict, workdir: str, next_hint: str) -> None:
     """Where everything of the run is, its plots, and what to run next."""
     if jax.process_index() != 0:
         return
@@ -138,11 +150,7 @@ def _print_closing_summary(results: dict, workdir: str) -> None:
           f"  metrics       {os.path.join(d, 'metrics.jsonl')} "
           f"(TensorBoard: tensorboard --logdir {d})\n"
           f"  results       {os.path.join(d, 'eval_results.json')}\n"
-          f"  plots         {', '.join(plots)}\n"
-          'Next: train a ResNet-18 on CIFAR-10 (TFDS downloads it; offline, first run\n'
-          '  python -m jaxres.prepare_data --source CIFAR_ARCHIVE_OR_IMAGE_FOLDER '
-          '--data_dir ~/tensorflow_datasets):\n'
-          '  python launch.py --config configs/cifar10_resnet18.py --workdir runs/r18')
+          f"  plots         {', '.join(plots)}\n" + next_hint)
 
 
 def _print_results(results: dict, workdir: str) -> None:
