@@ -4,10 +4,12 @@
         [--mode train|eval|predict|summary] [--config.key=value ...]
 """
 
+import os
 import sys
 
-if __name__ == '__main__':  # before JAX is imported: see jaxres/host_memory.py
-    from jaxres import host_memory
+if __name__ == '__main__':  # before JAX and TensorFlow are imported
+    from jaxres import console, host_memory
+    console.quiet_native_startup(os.environ, sys.argv)
     host_memory.reexec_with_hugepages([sys.executable] + sys.argv)
 
 from absl import app, flags

@@ -44,7 +44,7 @@ trains this net and recipe to 94.01% in 8 epochs in 2.59 s on an A100
 (PyTorch, fp16, batch 2000 in one piece).  Here the step is ~0.6 GFLOP per
 image in float32 (XLA's count, direct convolutions); on a GPU jaxres keeps the
 data and augmentation on the device and uses XLA's own convolutions
-(``conv_impl='auto'``), so with ``--config.dtype=bfloat16``,
+(``backend.conv='auto'``), so with ``--config.dtype=bfloat16``,
 ``--config.grad_accum_steps=1 --config.model.bn_momentum=0.4`` (one batch of
 2000, as airbench) and ``--config.num_epochs=8`` one would expect ~94% on the
 official files in well under a minute of training, compilation (tens of

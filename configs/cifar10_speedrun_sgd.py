@@ -54,7 +54,7 @@ Expected on one GPU (an expectation, not a measurement): the whole step is
 ~0.6 GFLOP per image in float32 (XLA's count); an A100 trains airbench94's
 net at roughly 50,000 images in 0.35 s in PyTorch fp16.  jaxres keeps the data
 and augmentation on the device and uses XLA's own convolutions there
-(``conv_impl='auto'``), so with ``--config.dtype=bfloat16`` and
+(``backend.conv='auto'``), so with ``--config.dtype=bfloat16`` and
 ``--config.num_epochs=10`` one would expect airbench94's ~94% in well under a
 minute of training, with compilation (~tens of seconds) dominating.
 """

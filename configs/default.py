@@ -87,12 +87,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.bn_running_var = 'biased'
   # 'symmetric': k//2 each side (PyTorch); 'same': TF/Keras SAME (differs at stride 2).
   c.model.conv_padding = 'symmetric'
-  # How convolutions are lowered: 'xla' (lax.conv), 'im2col' (patches x matrix
-  # product: XLA:CPU's conv gradients are ~10x slower than its matrix products),
-  # 'winograd' (im2col, but 3x3 stride-1 convs by Winograd F(2x2, 3x3): 2.25x
-  # fewer multiplications), 'auto' = winograd on CPU, xla on GPU/TPU. Same
-  # parameters and checkpoints.
-  c.model.conv_impl = 'auto'
   c.model.zero_init_residual = False
   c.model.bn_scale = True  # False: BN learns only a bias (airbench)
   c.model.head_bias = True
@@ -201,6 +195,16 @@ def get_config() -> ml_collections.ConfigDict:
   # (.pth, needs torch) or a jaxres workdir / checkpoints dir; the head is replaced
   # when the class count differs and the optimizer starts fresh.
   c.init_from = ''
+
+  # CPU speed tricks, each 'auto' = on where it helps (the CPU), off on GPU/TPU;
+  # none changes the model or its checkpoints (jaxres/backend.py has the table).
+  c.backend = ml_collections.ConfigDict()
+  # Convolutions: 'xla' (lax.conv), 'im2col' (patches x one matrix product),
+  # 'winograd' (im2col, but 3x3 stride-1 convs by Winograd F(2x2, 3x3)).
+  c.backend.conv = 'auto'
+  c.backend.max_pool = 'auto'  # 'tiles' (reshape + max, mask gradient) | 'xla'
+  c.backend.packed_pixels = 'auto'  # 'on' | 'off': resident training set as pixel words
+  c.backend.hugepages = 'auto'  # 'on' | 'off': read from the command line before JAX starts
 
   # Multi-process start-up; empty = auto-detect a cluster (see README).
   c.distributed = ml_collections.ConfigDict()

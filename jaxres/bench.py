@@ -27,8 +27,10 @@ import sys
 import time
 from typing import Any
 
-if __name__ == '__main__':  # before JAX is imported: see jaxres/host_memory.py
-    from jaxres import host_memory
+if __name__ == '__main__':  # before JAX and TensorFlow are imported
+    import os  # pylint: disable=g-import-not-at-top
+    from jaxres import console, host_memory
+    console.quiet_native_startup(os.environ, sys.argv)
     host_memory.reexec_with_hugepages([sys.executable, '-m', 'jaxres.bench'] + sys.argv[1:])
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -103,7 +105,7 @@ def model_flops_per_step(trainer: train.Trainer, state: train.TrainState,
     saved multiplications show as a higher achieved rate (direct-convolution
     equivalent GFLOP/s).
     """
-    xla_state = state.replace(apply_fn=trainer.model.clone(conv_impl='xla').apply)
+    xla_state = state.replace(apply_fn=trainer.model.clone(conv_impl='xla', max_pool='xla').apply)
     cost = trainer.train_step_fn.lower(xla_state, data, order).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get('flops', 0.0)) if cost else 0.0
@@ -118,7 +120,8 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
     ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
     mesh = sharding.make_data_mesh()
     trainer = train.Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
+                                    packed=trainer.choices.packed_pixels)
     state = trainer.init_state()
     order = trainer.epoch_order_fn(state.step)
 
@@ -170,6 +173,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
 
     return {
         'backend': jax.default_backend(),
+        'conv': trainer.choices.conv,
         'devices': jax.device_count(),
         'batch_size': batch_size,
         'dtype': config.dtype,

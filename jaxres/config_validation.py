@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
-from jaxres import input_pipeline, models
+from jaxres import backend, input_pipeline, models
 
 
 class ConfigError(ValueError):
@@ -23,7 +25,10 @@ _CHOICES = {
     'model.dense_init': tuple(models.KERNEL_INITS),
     'model.bn_running_var': ('biased', 'unbiased'),
     'model.conv_padding': ('symmetric', 'same'),
-    'model.conv_impl': models.CONV_IMPLS,
+    'backend.conv': backend.CONV_CHOICES,
+    'backend.max_pool': backend.MAX_POOL_CHOICES,
+    'backend.packed_pixels': backend.SWITCH_CHOICES,
+    'backend.hugepages': backend.SWITCH_CHOICES,
     'optimizer.name': ('sgd', 'adam', 'muon'),
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
     'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',
@@ -126,17 +131,26 @@ def _validate_augmentation(d: ml_collections.ConfigDict) -> None:
                               'setting (e.g. data.rotation > 0) or take it off the list.')
 
 
+def check_batch_splits(batch_size: int, num_devices: int, accum_steps: int = 1) -> None:
+    """The global batch must split evenly over the devices and into the micro-batches.
+
+    (A micro-batch itself may split unevenly over the devices: XLA pads it.)
+    """
+    unit = math.lcm(num_devices, accum_steps)
+    if batch_size % unit == 0:
+        return
+    lower, upper = batch_size // unit * unit, (batch_size // unit + 1) * unit
+    nearest = f'{lower} or {upper}' if lower else str(upper)
+    parts = f'{num_devices} devices' + (f' and {accum_steps} micro-batches (grad_accum_steps)'
+                                        if accum_steps > 1 else '')
+    raise ConfigError(f'config.batch_size={batch_size} does not split evenly over {parts}; '
+                      f'the nearest global batch sizes that do are {nearest} '
+                      f'(--config.batch_size={upper}).')
+
+
 def validate_for_data(config: ml_collections.ConfigDict, ds, num_devices: int) -> None:
     """Checks that need the data set and the device count."""
-    for key in ('batch_size', 'eval_batch_size'):
-        if config[key] % num_devices:
-            raise ConfigError(f'config.{key}={config[key]} is not divisible by the '
-                              f'{num_devices} devices; use a multiple of {num_devices}.')
-    k = config.grad_accum_steps
-    if config.batch_size % (k * num_devices):
-        raise ConfigError(f'config.batch_size={config.batch_size} does not split into '
-                          f'grad_accum_steps={k} micro-batches over {num_devices} devices; '
-                          f'use a multiple of {k * num_devices}.')
+    check_batch_splits(config.batch_size, num_devices, config.grad_accum_steps)
     n = len(ds.train_labels)
     if config.batch_size > n:
         raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {n} training '

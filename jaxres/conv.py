@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvFn = Callable[..., jax.Array]
-IMPLS = ('auto', 'xla', 'im2col', 'winograd')
+IMPLS = ('xla', 'im2col', 'winograd')
 
 
 def _explicit_padding(padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int],
@@ -196,9 +196,8 @@ _patches_matmul.defvjp(_patches_matmul_fwd, _patches_matmul_bwd)
 
 
 def conv_fn(impl: str) -> ConvFn:
-    """The ``conv_general_dilated`` for ``model.conv_impl`` ('auto' -> winograd on CPU)."""
+    """The ``conv_general_dilated`` for a lowering ('xla', 'im2col', 'winograd';
+    ``backend.choose`` picks one per backend)."""
     if impl not in IMPLS:
-        raise ValueError(f'model.conv_impl={impl!r} is not one of {IMPLS}.')
-    if impl == 'auto':
-        impl = 'winograd' if jax.default_backend() == 'cpu' else 'xla'
+        raise ValueError(f'conv lowering {impl!r} is not one of {IMPLS}.')
     return {'im2col': im2col_conv, 'winograd': winograd_conv}.get(impl, lax.conv_general_dilated)

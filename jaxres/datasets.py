@@ -21,6 +21,11 @@ import ml_collections
 import numpy as np
 
 
+# (classes, image shape) of the data sets whose shapes are known without reading them.
+KNOWN_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
+    'cifar10': (10, (32, 32, 3)), 'cifar100': (100, (32, 32, 3)), 'digits': (10, (8, 8, 1))}
+
+
 class DataError(ValueError):
     """Data that cannot be loaded; the message names the cause and the fix."""
 

@@ -7,15 +7,24 @@ for one 600 MB im2col temporary, more time than the matrix product that reads
 it).  glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc ask for
 transparent huge pages (2 MiB), 512x fewer faults.  glibc reads tunables only at
 start-up, so the entry points re-execute themselves once with it set.
-Set ``JAXRES_HUGEPAGES=0`` to turn this off.
+
+It helps XLA:CPU only, so by default (``backend.hugepages='auto'``) it is on
+when the run will be on the CPU: no GPU/TPU plugin of JAX is installed, or
+``JAX_PLATFORMS`` says cpu.  ``--config.backend.hugepages=on|off`` on the
+command line (read here, before JAX starts) or ``JAXRES_HUGEPAGES=1|0`` forces it.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from typing import Sequence
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
 THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+# Python modules that give JAX a GPU or TPU backend (jax[cuda12], jax[cuda13], jax[tpu]).
+ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                       'jax_rocm7_plugin', 'libtpu')
 
 
 def _thp_usable() -> bool:
@@ -28,10 +37,29 @@ def _thp_usable() -> bool:
     return '[always]' in setting or '[madvise]' in setting
 
 
-def hugepage_env(environ: dict[str, str]) -> dict[str, str] | None:
+def runs_on_cpu(environ: dict[str, str]) -> bool:
+    """Whether JAX will pick the CPU, decided without importing JAX."""
+    platforms = environ.get('JAX_PLATFORMS', '')
+    if platforms:
+        return platforms.split(',')[0].strip() == 'cpu'
+    return not any(importlib.util.find_spec(m) for m in ACCELERATOR_PLUGINS)
+
+
+def wanted(environ: dict[str, str], argv: Sequence[str] = ()) -> bool:
+    """``--config.backend.hugepages=on|off|auto`` in ``argv``, else JAXRES_HUGEPAGES, else auto."""
+    setting = 'auto'
+    for arg in argv:
+        if arg.startswith('--config.backend.hugepages='):
+            setting = arg.split('=', 1)[1].strip('\'"')
+    if setting == 'auto' and environ.get('JAXRES_HUGEPAGES') in ('0', '1'):
+        setting = 'on' if environ['JAXRES_HUGEPAGES'] == '1' else 'off'
+    return runs_on_cpu(environ) if setting == 'auto' else setting == 'on'
+
+
+def hugepage_env(environ: dict[str, str], argv: Sequence[str] = ()
+                 ) -> dict[str, str] | None:
     """The environment to re-execute with, or None when nothing is to change."""
-    if (sys.platform != 'linux' or environ.get('JAXRES_HUGEPAGES', '1') == '0'
-            or not _thp_usable()):
+    if sys.platform != 'linux' or not wanted(environ, argv) or not _thp_usable():
         return None
     tunables = environ.get('GLIBC_TUNABLES', '')
     if 'glibc.malloc.hugetlb' in tunables:
@@ -46,7 +74,7 @@ def reexec_with_hugepages(argv: list[str]) -> None:
     the full command (e.g. ``[sys.executable, '-m', 'jaxres.bench', *args]``).
     The process id, open descriptors and signal handling stay the same.
     """
-    env = hugepage_env(dict(os.environ))
+    env = hugepage_env(dict(os.environ), argv)
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,12 +1,15 @@
 """Device-resident input pipeline: shuffle, augment and batch inside jitted code.
 
-The whole training set lives on every device, one word per pixel (its channels
+The whole training set lives on every device.  On CPU (``backend.packed_pixels``)
+it is stored one word per pixel (its channels
 packed into the bytes of a uint32 for RGB) and padded left and right by the
 crop's padding: the random crop is then a gather of whole rows of pixel words,
 a third of the elements of a per-example slice of a padded uint8 copy and
 without its per-byte bounds checks, and the unpacking, flip and normalisation
 that follow compile to one vectorised loop (CIFAR-10: 256 MB so stored, against
 150 MB as uint8 arrays; ``benchmarks/RESULTS.md`` has the measured speed-up).
+On GPUs and TPUs it is stored as plain (N, H, W, C) uint8 images and each
+example is cropped from a padded copy; the batches are the same.
 Each epoch's order is a permutation drawn on the device from (seed, epoch); the
 train step gathers its global batch from it, and because that batch is sharded
 over the ``data`` mesh axis, every device gathers and augments only its own
@@ -27,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxres import datasets
+from jaxres import datasets, sharding
 
 Array = jax.Array
 
@@ -37,9 +40,9 @@ Array = jax.Array
 class DeviceData:
     """Arrays on the device(s): the training set (replicated) and eval batches.
 
-    ``train_images`` is (N, H, W + 2 * train_padding) pixel words
-    (``pack_pixels``) with ``channels`` channels each, the columns padded by
-    ``train_padding`` in ``padding_mode``.  ``eval_images`` is
+    ``train_images`` is, when ``packed``, (N, H, W + 2 * train_padding) pixel
+    words (``pack_pixels``) with ``channels`` channels each, the columns padded
+    by ``train_padding`` in ``padding_mode``; else (N, H, W, C) uint8.  ``eval_images`` is
     (num_batches, batch, H, W, C) uint8, sharded over ``data`` on the batch axis;
     ``eval_mask`` marks the padding added to fill the last batch.
     """
@@ -52,6 +55,7 @@ class DeviceData:
     channels: int = dataclasses.field(default=3, metadata=dict(static=True))
     train_padding: int = dataclasses.field(default=0, metadata=dict(static=True))
     padding_mode: str = dataclasses.field(default='constant', metadata=dict(static=True))
+    packed: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
 
 # The augmentation ops, in the order ``augment`` applies them by default.
@@ -175,28 +179,35 @@ def stored_padding(aug: Augmentation | None) -> int:
 
 
 def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
-              aug: Augmentation | None = None, with_train: bool = True) -> DeviceData:
+              aug: Augmentation | None = None, with_train: bool = True,
+              packed: bool = True) -> DeviceData:
     """Places the training set (replicated) and the eval batches (sharded).
 
-    With the run's ``aug``, the training set is stored padded for its crop (the
-    fast path of ``train_batch``); without, any ``aug`` still gives the same
-    batches, the slower way.  ``with_train=False`` (evaluation only) leaves the
-    training set on the host: its arrays are empty.
+    ``packed`` stores the training set as pixel words (the CPU's fast path);
+    with the run's ``aug`` they are padded for its crop, and the crop is then
+    the gather itself; without, any ``aug`` still gives the same batches, the
+    slower way.  ``packed=False`` stores uint8 images (GPU/TPU).  The eval batch
+    is rounded up to a multiple of the device count (padded and masked).
+    ``with_train=False`` (evaluation only) leaves the training set on the host:
+    its arrays are empty.
     """
     replicated = NamedSharding(mesh, P())
     eval_sharding = NamedSharding(mesh, P(None, 'data'))
-    ex, ey, em = pad_eval_batches(ds.eval_images, ds.eval_labels, eval_batch_size)
-    padding = stored_padding(aug)
-    mode = aug.padding_mode if aug is not None else 'constant'
+    ex, ey, em = pad_eval_batches(ds.eval_images, ds.eval_labels,
+                                  sharding.round_up_to_devices(eval_batch_size, mesh.size))
+    padding = stored_padding(aug) if packed else 0
+    mode = aug.padding_mode if aug is not None and packed else 'constant'
     keep = slice(None) if with_train else slice(0)
+    train_images = ds.train_images[keep]
     return DeviceData(
-        train_images=_global_array(pack_pixels(ds.train_images[keep], padding, mode),
-                                   replicated),
+        train_images=_global_array(
+            pack_pixels(train_images, padding, mode) if packed else train_images, replicated),
         train_labels=_global_array(ds.train_labels[keep].astype(np.int32), replicated),
         eval_images=_global_array(ex, eval_sharding),
         eval_labels=_global_array(ey.astype(np.int32), eval_sharding),
         eval_mask=_global_array(em, eval_sharding),
         channels=ds.train_images.shape[-1], train_padding=padding, padding_mode=mode,
+        packed=packed,
     )
 
 
@@ -512,6 +523,9 @@ def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_
     positions = pos * batch_size + jnp.arange(batch_size)
     keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
     flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
+    if not data.packed:  # uint8 images: every op, the crop included, per example
+        images = augment(data.train_images[idx], keys, aug, flips)
+        return {'image': normalize(images, aug, dtype), 'label': labels}
     ops, pad = aug.ops(), data.train_padding
     # The first op is a crop the data were padded for: it is the gather itself.
     fused = (ops[:1] == ('crop',) and pad == aug.crop_padding

@@ -9,12 +9,9 @@ import sys
 import jax
 import ml_collections
 
-from jaxres import checkpointing, config_validation, datasets, input_pipeline, sharding
+from jaxres import checkpointing, config_validation, console, datasets, input_pipeline
+from jaxres import sharding
 from jaxres import summary, train
-
-# What a dataset name implies when the data is not loaded (summary mode).
-_KNOWN_SHAPES = {'cifar10': (10, (32, 32, 3)), 'cifar100': (100, (32, 32, 3)),
-                 'digits': (10, (8, 8, 1))}
 
 USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
                checkpointing.CheckpointError, train.NonFiniteLossError)
@@ -58,8 +55,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 def summarize(config: ml_collections.ConfigDict) -> str:
     config_validation.validate(config)
-    if config.dataset in _KNOWN_SHAPES:
-        num_classes, shape = _KNOWN_SHAPES[config.dataset]
+    if config.dataset in datasets.KNOWN_SHAPES:
+        num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
     else:
         ds = datasets.load_dataset(config)
         num_classes, shape = ds.num_classes, ds.image_shape
@@ -81,22 +78,9 @@ def explain_flag_error(argv: list[str], error: Exception) -> str:
            '[--mode train|eval|predict|summary] [--config.key=value ...]'
 
 
-class _DropLibraryChatter(logging.Filter):
-    """Hides Orbax/TFDS INFO lines so progress and metrics stay readable."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        noisy = ('orbax' in record.pathname or 'tensorflow_datasets' in record.pathname)
-        return record.levelno >= logging.WARNING or not noisy
-
-
-def quiet_library_logs() -> None:
-    for handler in logging.getLogger().handlers + logging.getLogger('absl').handlers:
-        handler.addFilter(_DropLibraryChatter())
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
     """Runs one mode; user mistakes become one 'error:' line and exit status 2."""
-    quiet_library_logs()
+    console.quiet_library_logs()
     try:
         sharding.maybe_initialize_distributed(config)
         if mode == 'train':

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxres.conv import IMPLS as CONV_IMPLS, conv_fn, patches
+from jaxres.conv import conv_fn, patches
 
 ModuleDef = Any
 Array = jax.Array
@@ -329,6 +329,16 @@ def _max_pool_tiles_bwd(size: int, res: tuple[Array, Array], g: Array) -> tuple[
 max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
 
 
+def tile_pool_fn(impl: str) -> Callable[[Array, int], Array]:
+    """Non-overlapping ``size`` x ``size`` max-pooling: 'tiles' (``max_pool_tiles``,
+    for XLA:CPU) or 'xla' (``nn.max_pool``); ``backend.choose`` picks one."""
+    if impl == 'tiles':
+        return max_pool_tiles
+    if impl == 'xla':
+        return lambda x, size: nn.max_pool(x, (size, size), (size, size))
+    raise ValueError(f'max-pool lowering {impl!r} is not one of (\'xla\', \'tiles\').')
+
+
 class ConvPoolBlock(nn.Module):
     """airbench's conv group: conv3x3 -> max-pool -> BN -> act -> conv3x3 -> BN -> act.
 
@@ -342,6 +352,7 @@ class ConvPoolBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     act: Callable[[Array], Array]
+    pool: Callable[[Array, int], Array] = max_pool_tiles
 
     expansion = 1
 
@@ -349,7 +360,7 @@ class ConvPoolBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         x = self.conv(self.features, (3, 3), name='conv1')(x)
         if self.strides > 1:
-            x = max_pool_tiles(x, self.strides)
+            x = self.pool(x, self.strides)
         x = self.act(self.norm(name='bn1')(x))
         x = self.conv(self.features, (3, 3), name='conv2')(x)
         return self.act(self.norm(name='bn2')(x))
@@ -447,7 +458,10 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     bn_running_var: str = 'biased'
     conv_padding: str = 'symmetric'
+    # How convs and max-pools are lowered (not part of the model's definition:
+    # same parameters either way); ``backend.choose`` picks them per backend.
     conv_impl: str = 'xla'
+    max_pool: str = 'xla'
     zero_init_residual: bool = False
     bn_scale: bool = True
     head_bias: bool = True
@@ -489,7 +503,9 @@ class ResNet(nn.Module):
                               norm=norm, act=act, name=f'stage{i + 1}_block{j + 1}')
                 if self.block == 'preact':
                     kwargs.update(dropout_rate=self.block_dropout, train=train)
-                elif self.block != 'conv_pool':
+                elif self.block == 'conv_pool':
+                    kwargs.update(pool=tile_pool_fn(self.max_pool))
+                else:
                     kwargs.update(shortcut=self.shortcut, post_activation=self.post_activation,
                                   zero_init_residual=self.zero_init_residual)
                     if self.block == 'bottleneck':
@@ -520,11 +536,13 @@ DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
-                 dtype: Any = jnp.float32) -> ResNet:
+                 dtype: Any = jnp.float32, conv_impl: str = 'xla', max_pool: str = 'xla'
+                 ) -> ResNet:
     """Builds the ResNet described by ``config.model``.
 
     ``model.depth`` (18/34/50/101/152) fills in block kind and stage sizes unless
-    ``model.stage_sizes`` is given explicitly (e.g. [2, 1, 1, 1]).
+    ``model.stage_sizes`` is given explicitly (e.g. [2, 1, 1, 1]).  ``conv_impl``
+    and ``max_pool`` are the backend's lowerings (``backend.choose``).
     """
     cfg = model_config
     block, sizes = cfg.block, tuple(cfg.stage_sizes)
@@ -556,7 +574,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
         bn_epsilon=cfg.bn_epsilon,
         bn_running_var=cfg.bn_running_var,
         conv_padding=cfg.conv_padding,
-        conv_impl=cfg.conv_impl,
+        conv_impl=conv_impl,
+        max_pool=max_pool,
         zero_init_residual=cfg.zero_init_residual,
         bn_scale=cfg.bn_scale,
         head_bias=cfg.head_bias,

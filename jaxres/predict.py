@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxres import checkpointing, config_validation, datasets, input_pipeline, models
+from jaxres import backend, checkpointing, config_validation, datasets, input_pipeline
+from jaxres import models
 from jaxres import safe_io, sharding, train
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
@@ -176,9 +177,8 @@ def probabilities(variables: dict[str, Any], images: jax.Array, *, apply_fn: Cal
 def predict_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
                     mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
     """Applies ``fn`` batch by batch (sharded over ``mesh``); pads so any N works."""
-    n_dev = mesh.size
-    batch_size = -(-batch_size // n_dev) * n_dev  # a multiple of the device count
-    batch_size = min(batch_size, -(-len(images) // n_dev) * n_dev)
+    batch_size = min(sharding.round_up_to_devices(batch_size, mesh.size),
+                     sharding.round_up_to_devices(len(images), mesh.size))
     labels = np.zeros(len(images), np.int32)
     batches, _, _ = input_pipeline.pad_eval_batches(images, labels, batch_size)
     batch_sharding = sharding.batch_sharded(mesh)
@@ -294,7 +294,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
     num_classes = int(restored['params']['head']['kernel'].shape[-1])
     dtype = train.compute_dtype(config)
-    model = models.create_model(config.model, num_classes, dtype)
+    choices = backend.choose(config)
+    model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
     shape = train.model_input_shape(config, images.shape[1:])
     variables = variables_for(model, restored, shape)
     jitted = jax.jit(functools.partial(

@@ -51,6 +51,12 @@ def make_data_mesh(devices: list | None = None) -> Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def round_up_to_devices(n: int, num_devices: int) -> int:
+    """The smallest multiple of ``num_devices`` that is >= ``n`` (e.g. an eval batch:
+    padded and masked, so its size needs no relation to the device count)."""
+    return -(-n // num_devices) * num_devices
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

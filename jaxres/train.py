@@ -29,7 +29,8 @@ from clu import metrics as clu_metrics
 from clu import periodic_actions
 from flax.training import train_state
 
-from jaxres import checkpointing, config_validation, datasets, input_pipeline, metric_logging
+from jaxres import backend, checkpointing, config_validation, datasets, input_pipeline
+from jaxres import metric_logging
 from jaxres import models, optim, sharding
 
 Array = jax.Array
@@ -299,12 +300,16 @@ class Trainer:
     schedule_steps: int
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
+    choices: backend.Choices
     stem_kernel: np.ndarray | None = None
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, ds: datasets.ImageDataset,
-              mesh: jax.sharding.Mesh) -> 'Trainer':
+              mesh: jax.sharding.Mesh, platform: str | None = None) -> 'Trainer':
+        """``platform`` (default: the mesh's) picks the backend's lowerings
+        (``backend.choose``); 'cuda' or 'tpu' on a CPU mesh is for exporting."""
         config_validation.validate_for_data(config, ds, mesh.size)
+        choices = backend.choose(config, platform or mesh.devices.flat[0].platform)
         steps_per_epoch = len(ds.train_labels) // config.batch_size
         # round() first: 0.7 * 10 is 7.000000000000001 in floats, and must give 7 steps.
         schedule_steps = math.ceil(round(config.num_epochs * steps_per_epoch, 6))
@@ -315,8 +320,9 @@ class Trainer:
         if config.model.stem == 'whiten':
             sample = input_pipeline.normalize(ds.train_images[:config.model.whiten_samples], aug)
             stem_kernel = np.asarray(models.whitening_kernel(sample, config.model.whiten_kernel))
-        return cls(config=config, mesh=mesh, stem_kernel=stem_kernel,
-                   model=models.create_model(config.model, ds.num_classes, compute_dtype(config)),
+        return cls(config=config, mesh=mesh, stem_kernel=stem_kernel, choices=choices,
+                   model=models.create_model(config.model, ds.num_classes, compute_dtype(config),
+                                             choices.conv, choices.max_pool),
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
                    aug=aug,
                    num_train=len(ds.train_labels), steps_per_epoch=steps_per_epoch,
@@ -441,14 +447,19 @@ class Preempted(SystemExit):
 
 
 def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str) -> None:
-    """Refuses to resume a checkpoint written for a different model or data set."""
+    """Refuses to resume a checkpoint written for a different model or data set.
+
+    A key the current config no longer has is not compared: it was moved or
+    dropped by a jaxres upgrade (e.g. ``model.conv_impl`` -> ``backend.conv``),
+    not changed by the user.
+    """
     saved = meta.get('config', {})
     current = json.loads(config.to_json())
     diffs = []
     for key in ('dataset', 'model', 'optimizer.name'):
         a, b = _lookup(saved, key), _lookup(current, key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
+            diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(b)
                       if a.get(k) != b.get(k)]
         elif a != b:
             diffs.append(f'{key}: {a!r} -> {b!r}')
@@ -487,7 +498,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ds = ds if ds is not None else datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
     trainer = Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug)
+    backend.warn_if_slow_here(config, trainer.choices.platform)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
+                                    packed=trainer.choices.packed_pixels)
     cfg = config
 
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)

@@ -35,8 +35,8 @@ def test_torch_reference_pipeline_runs():
 
 def test_bench_takes_config_overrides():
     config = tiny_config()
-    bench.apply_overrides(config, ['--config.model.conv_impl=xla', '--config.optimizer.momentum=0.5'])
-    assert config.model.conv_impl == 'xla' and config.optimizer.momentum == 0.5
+    bench.apply_overrides(config, ['--config.backend.conv=xla', '--config.optimizer.momentum=0.5'])
+    assert config.backend.conv == 'xla' and config.optimizer.momentum == 0.5
     with pytest.raises(SystemExit, match='model.no_such_key'):
         bench.apply_overrides(config, ['--config.model.no_such_key=1'])
 
@@ -46,7 +46,7 @@ def test_flops_do_not_depend_on_the_conv_lowering():
     flops = {}
     for impl in ('xla', 'im2col'):
         config = tiny_config()
-        config.model.conv_impl = impl
+        config.backend.conv = impl
         config = bench.bench_config(config, batch_size=16, steps=2)
         from jaxres import datasets, input_pipeline, sharding, train
         syn = config.synthetic

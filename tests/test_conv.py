@@ -76,12 +76,11 @@ def test_bfloat16_products_accumulate_in_float32(lowering):
     assert dx.dtype == dw.dtype == jnp.bfloat16
 
 
-def test_auto_is_winograd_on_cpu_and_unknown_names_are_refused():
-    expected = conv.winograd_conv if jax.default_backend() == 'cpu' else lax.conv_general_dilated
-    assert conv.conv_fn('auto') is expected
+def test_lowerings_by_name_and_unknown_names_are_refused():
     assert conv.conv_fn('xla') is lax.conv_general_dilated
     assert conv.conv_fn('im2col') is conv.im2col_conv
-    with pytest.raises(ValueError, match='conv_impl'):
+    assert conv.conv_fn('winograd') is conv.winograd_conv
+    with pytest.raises(ValueError, match='fft'):
         conv.conv_fn('fft')
 
 
@@ -90,8 +89,7 @@ def test_model_lowerings_share_parameters_and_agree():
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 3)), jnp.float32)
     outs = {}
     for impl in ('xla', 'im2col', 'winograd'):
-        config.model.conv_impl = impl
-        model = models.create_model(config.model, num_classes=10)
+        model = models.create_model(config.model, num_classes=10, conv_impl=impl)
         variables = model.init(jax.random.key(0), x, train=False)
 
         def loss(params):

@@ -75,3 +75,22 @@ def test_eval_without_checkpoint_says_so(tmp_path):
     out = _launch('--config', 'configs/quickstart.py', '--workdir', str(tmp_path), '--mode=eval')
     assert out.returncode == 2
     assert 'no checkpoint' in out.stderr.strip().splitlines()[-1]
+
+
+def test_console_shows_jaxres_lines_not_library_start_up_noise(tmp_path):
+    # As a user's shell has it: none of the test suite's logging variables.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), '--config',
+                          'configs/quickstart.py', '--workdir', str(tmp_path / 'w'),
+                          '--config.num_train_steps=3', '--config.dtype=bfloat16'],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    for noise in ('oneDNN', 'absl::InitializeLog', 'Unable to initialize backend',
+                  'port.cc', 'cpu_feature_guard', 'TensorFlow binary is optimized'):
+        assert noise not in console, noise
+    assert 'test accuracy' in out.stdout  # jaxres's own lines are still there
+    # The one warning that matters here: bfloat16 is slow on a CPU.
+    assert sum('bfloat16 runs slower than float32' in line
+               for line in console.splitlines()) == 1, console[-3000:]

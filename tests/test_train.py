@@ -42,7 +42,7 @@ def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
     # into the stem, nor into the first block's input).
     config = tiny_config(**{'model.stem': 'whiten', 'model.block': 'conv_pool',
                             'model.stage_widths': (8, 8), 'model.bn_scale': False,
-                            'model.conv_impl': 'xla',
+                            'backend.conv': 'xla',
                             'schedule.name': 'constant', 'schedule.learning_rate': 0.05,
                             'optimizer.freeze': ('stem',)})
     ds = random_dataset(n_train=32)

@@ -1,0 +1,129 @@
+"""What a config would run on a GPU or TPU, checked on a machine without one.
+
+* ``export_steps``: the train step and the eval step, sharded over a mesh,
+  lowered with ``jax.export`` for ``platforms=('cuda', 'tpu')`` with the
+  choices jaxres makes there (``backend.choose``: XLA convolutions, uint8
+  images), as ``tests/test_lowering.py`` checks for every config.
+* ``step_memory``: XLA's memory analysis of the compiled train step (what one
+  step allocates besides its inputs) for a per-device batch, behind the
+  README's memory table (``benchmarks/memory_table.py``).
+
+Shapes come from the config alone (``datasets.KNOWN_SHAPES``); nothing is
+read from disk and no array of the data set's size is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import export
+
+from jaxres import datasets, input_pipeline, models, sharding, train
+
+# Custom calls allowed in an exported step: sharding annotations only.  A host
+# callback or a CPU library call (LAPACK, DUCC FFT, ...) would not run there.
+PORTABLE_CUSTOM_CALLS = ('Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape',
+                         'shard_map', 'xla.sdy.GlobalToLocalShape',
+                         'xla.sdy.LocalToGlobalShape')
+
+
+def shaped_dataset(config: ml_collections.ConfigDict, num_train: int, num_eval: int
+                   ) -> datasets.ImageDataset:
+    """Zeros of the config's image shape and class count (no files, tiny ``num_*``)."""
+    num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
+    labels = lambda n: np.arange(n, dtype=np.int32) % num_classes
+    return datasets.ImageDataset(
+        train_images=np.zeros((num_train,) + shape, np.uint8), train_labels=labels(num_train),
+        eval_images=np.zeros((num_eval,) + shape, np.uint8), eval_labels=labels(num_eval),
+        class_names=tuple(str(i) for i in range(num_classes)))
+
+
+@dataclasses.dataclass
+class StepInputs:
+    """A trainer and abstract (shape, dtype, sharding) arguments of its steps."""
+
+    trainer: train.Trainer
+    state: Any
+    data: input_pipeline.DeviceData
+    order: jax.ShapeDtypeStruct
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str,
+                num_train: int | None = None) -> StepInputs:
+    """The trainer ``platform`` would build, with abstract arguments for its steps.
+
+    ``num_train`` (default: two global batches) only sets the training set's
+    size; the step's shapes do not depend on it.
+    """
+    n = num_train or 2 * config.batch_size
+    ds = shaped_dataset(config, n, sharding.round_up_to_devices(config.eval_batch_size,
+                                                                mesh.size))
+    trainer = train.Trainer.build(config, ds, mesh, platform=platform)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
+                                    packed=trainer.choices.packed_pixels)
+    order = jax.ShapeDtypeStruct((trainer.steps_per_epoch, config.batch_size), jnp.int32,
+                                 sharding=sharding.replicated(mesh))
+    return StepInputs(trainer, trainer.abstract_state(), _abstract(data), order)
+
+
+def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 platforms: tuple[str, ...] = ('cuda', 'tpu')) -> dict[str, export.Exported]:
+    """{'train_step', 'eval_step'} exported for ``platforms`` (all accelerators)."""
+    if 'cpu' in platforms:
+        raise ValueError('export_steps is for accelerators; the CPU makes other choices.')
+    inputs = step_inputs(config, mesh, platforms[0])
+    t = inputs.trainer
+    return {
+        'train_step': export.export(t.train_step_fn, platforms=platforms)(
+            inputs.state, inputs.data, inputs.order),
+        'eval_step': export.export(t.eval_fn, platforms=platforms)(inputs.state, inputs.data),
+    }
+
+
+def custom_call_targets(exported: export.Exported) -> set[str]:
+    """Every custom-call target named in an exported module."""
+    text = exported.mlir_module()
+    return (set(re.findall(r'custom_call\s*@([\w.]+)', text))
+            | set(re.findall(r'call_target_name\s*=\s*"([^"]+)"', text)))
+
+
+def step_memory(config: ml_collections.ConfigDict, batch_per_device: int,
+                platform: str = 'cuda') -> dict[str, int]:
+    """Bytes of one device's train step at ``batch_per_device``, compiled on this
+    machine's first device with ``platform``'s choices (XLA convolutions).
+
+    ``temp``: XLA's scratch for the step (activations kept for the backward
+    pass, gradients, workspace); ``arguments``: the state and the data set as
+    passed in; ``state``, ``params``, ``opt_state``: their parts; ``num_params``.
+    """
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.batch_size = batch_per_device
+        config.eval_batch_size = batch_per_device
+    mesh = sharding.make_data_mesh(jax.devices()[:1])
+    inputs = step_inputs(config, mesh, platform, num_train=batch_per_device)
+    compiled = inputs.trainer.train_step_fn.lower(inputs.state, inputs.data,
+                                                  inputs.order).compile()
+    analysis = compiled.memory_analysis()
+    nbytes = lambda tree: sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+                              for x in jax.tree_util.tree_leaves(tree))
+    state = inputs.state
+    return {
+        'num_params': models.count_params(state.params),
+        'temp': int(analysis.temp_size_in_bytes),
+        'arguments': int(analysis.argument_size_in_bytes),
+        'params': nbytes(state.params) + nbytes(state.batch_stats),
+        'opt_state': nbytes(state.opt_state) + nbytes(state.lookahead),
+        'state': nbytes(state),
+    }

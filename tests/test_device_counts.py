@@ -1,0 +1,117 @@
+"""Every shipped config trains and evaluates unchanged on 1, 2, 4, 8 and 16 devices
+and on 2 processes x 4 devices.
+
+Each config keeps its batch sizes, gradient accumulation, augmentation,
+optimizer and the kinds of its stem, blocks and head; one block per stage and
+1/16 of the widths, on generated data, so that a step compiles in seconds
+(every config at full size is lowered on 8 devices in ``test_lowering.py``).
+The eval batch sizes are
+the configs' own (500 does not split over 8 or 16 devices: it is rounded up and
+the padding masked).  ``python tests/test_device_counts.py`` runs every config
+on all local devices (the 16-device and 2-process tests run it so).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxres import datasets, input_pipeline, models, sharding, train  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not p.endswith('__init__.py'))
+NUM_EVAL = 250
+
+
+def small_model(name: str):
+    """The config with one block per stage, 1/16 of its widths, smaller inputs."""
+    config = importlib.import_module(f'configs.{name}').get_config()
+    m = config.model
+    if not m.stage_sizes:
+        m.block, sizes = models.DEPTHS[m.depth]
+        m.stage_sizes = sizes
+    m.stage_sizes = (1,) * len(m.stage_sizes)
+    m.stem_width = max(4, m.stem_width // 16)
+    m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
+    if config.data.image_size:
+        config.data.image_size = 48  # 224 in the fine-tuning recipe
+    m.whiten_samples = 64
+    return config
+
+
+def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
+    """Two train steps and a full evaluation of ``name`` on ``mesh``."""
+    config = small_model(name)
+    num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
+    ds = datasets.load_synthetic(max(2 * config.batch_size, 10 * num_classes), NUM_EVAL, shape[0],
+                                 num_classes)
+    trainer = train.Trainer.build(config, ds, mesh)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
+                                    packed=trainer.choices.packed_pixels)
+    state = trainer.init_state()
+    order = trainer.epoch_order_fn(state.step)
+    for _ in range(2):
+        state, metrics = trainer.train_step_fn(state, data, order)
+    results = trainer.evaluate(state, data)
+    return {'loss': float(jax.device_get(metrics['loss'])), 'eval_count': results['num_examples'],
+            'eval_loss': results['loss']}
+
+
+def check(name: str, mesh: jax.sharding.Mesh) -> None:
+    r = run_config(name, mesh)
+    assert np.isfinite(r['loss']) and np.isfinite(r['eval_loss']), (name, r)
+    assert r['eval_count'] == NUM_EVAL, (name, r)
+
+
+@pytest.mark.parametrize('devices', [1, 2, 4, 8])
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_runs_on_device_count(name, devices):
+    check(name, sharding.make_data_mesh(jax.devices()[:devices]))
+
+
+def _env(devices: int) -> dict:
+    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+                TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def test_every_config_runs_on_16_devices():
+    out = subprocess.run([sys.executable, __file__], env=_env(16), cwd=ROOT, capture_output=True,
+                         text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stdout.count('ok on 16 devices') == len(CONFIGS), out.stdout
+
+
+def test_every_config_runs_on_2_processes_x_4_devices():
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, __file__, f'localhost:{port}', str(i)],
+                              env=_env(4), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=1200) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stdout[-2000:] + stderr[-3000:]
+        assert stdout.count('ok on 8 devices') == len(CONFIGS), stdout
+
+
+if __name__ == '__main__':
+    # [coordinator_address process_id]: one of 2 processes (gloo collectives).
+    if len(sys.argv) == 3:
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                                   process_id=int(sys.argv[2]))
+    for config_name in CONFIGS:
+        check(config_name, sharding.make_data_mesh())
+        print(f'{config_name}: ok on {jax.device_count()} devices', flush=True)
