@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -41,6 +42,20 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+    """Orbax's manager, kept off JAX's preemption sync point (the loop polls it).
+
+    Orbax's ``save`` and its async finalize thread call ``reached_preemption``
+    with the saved step, later than the loop's own calls; each call moves JAX's
+    per-process call counter, so a stale one could place the agreed sync point
+    behind every process and the preemption would never be acted on.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 def create_manager(directory: str, config: ml_collections.ConfigDict | None = None, *,
                    read_only: bool = False) -> ocp.CheckpointManager:
     """A manager keeping the last k checkpoints and the best by the chosen metric."""
@@ -62,8 +77,7 @@ def create_manager(directory: str, config: ml_collections.ConfigDict | None = No
         create=not read_only,
         cleanup_tmp_directories=not read_only,
     )
-    return ocp.CheckpointManager(directory, options=options,
-                                 item_names=('state', 'meta'))
+    return _CheckpointManager(directory, options=options, item_names=('state', 'meta'))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
@@ -109,18 +123,23 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
     steps = sorted(manager.all_steps(), reverse=True)
     bad = []
     for step in steps:
+        state = None
         try:
             meta = read_meta(manager, step)
             if check_meta is not None:
                 check_meta(meta)
             state = manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state)))['state']
-        except CheckpointError:
+        except CheckpointError:  # one meta file, read alike by every process: all raise
             raise
         except Exception as e:  # pylint: disable=broad-except
             logging.warning('checkpoint step %d in %s is corrupted (%s: %s); trying an '
                             'earlier one.', step, manager.directory, type(e).__name__,
                             str(e)[:300])
+        if not _on_every_process(state is not None):
+            if state is not None:
+                logging.warning('checkpoint step %d in %s failed to read on another '
+                                'process; trying an earlier one.', step, manager.directory)
             bad.append(step)
             continue
         _quarantine(manager, bad)
@@ -130,6 +149,18 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
             f'every checkpoint in {manager.directory} ({steps}) is unreadable. Move the '
             'directory away to start afresh.')
     return None, None
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether ``ok`` holds on all processes (one tiny collective when there are several).
+
+    Every process must resume from the same step and quarantine the same ones,
+    even when a read fails on one host only (a flaky disk, a file only it reads).
+    """
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def best_step(manager: ocp.CheckpointManager, metric: str) -> int | None:

@@ -421,8 +421,9 @@ class _StopSignal:
     def __init__(self, enabled: bool = True):
         self.received: int | None = None
         self._previous = {}
-        # Multi-process runs leave SIGTERM to JAX's preemption notifier, which the
-        # loop polls through Orbax so every host stops at the same step.
+        # Multi-process runs leave SIGTERM to JAX's preemption notifier (a Python
+        # handler would replace its C++ one), which the loop polls through
+        # ``reached_preemption_sync`` so every host stops at the same step.
         self._enabled = enabled
 
     def __enter__(self):
@@ -440,6 +441,25 @@ class _StopSignal:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def reached_preemption_sync(done_before: int, done_now: int) -> bool:
+    """Whether JAX's multi-host preemption sync point falls in the steps just run.
+
+    On SIGTERM to any process JAX's preemption sync manager (a C++ SIGTERM
+    handler plus the coordination service) sets, on every process alike, the
+    sync point to one past the highest counter any process has passed.  The
+    counter here is the number of steps run since this process started, passed
+    for every step even when one dispatch runs several: a skipped value would be
+    a missed preemption (the global step is not used: after a resume, a notice
+    that arrives before the first call sets the sync point to 1).
+    """
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+        return any([multihost_utils.reached_preemption_sync_point(i)
+                    for i in range(done_before + 1, done_now + 1)])
+    except RuntimeError:  # jax_enable_preemption_service is off: no notifier
+        return False
 
 
 class Preempted(SystemExit):
@@ -582,6 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         while step < trainer.total_steps:
             if order is None or step % spe == 0:
                 order = trainer.epoch_order_fn(state.step)
+            step_before = step
             if k > 1 and step + k <= next_event(step):
                 state, metrics = trainer.multi_step_fn(state, data, order)
                 step += k
@@ -595,8 +616,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             epoch = step // spe
             do_eval = last or (end_of_epoch and epoch % cfg.eval.every_epochs == 0)
             do_save = last or (end_of_epoch and epoch % cfg.checkpoint.every_epochs == 0)
-            preempted = (stop.received is not None or
-                         (multi_process and manager.reached_preemption(step)))
+            preempted = stop.received is not None or (multi_process and reached_preemption_sync(
+                step_before - start_step, step - start_step))
             # Metrics are fetched on log steps, and before any checkpoint so that a
             # non-finite state is never saved over the last good one.
             if step % cfg.log_every_steps == 0 or last or ((do_save or preempted) and pending):
