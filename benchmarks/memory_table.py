@@ -24,12 +24,14 @@ import json
 import os
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jaxres import accelerators, datasets  # noqa: E402
 
-CIFAR_TRAIN = 50_000
+TRAIN_EXAMPLES = {'cifar10': 50_000, 'cifar100': 50_000, 'digits': 1_437}
 MEMORIES_GB = (16, 40, 80)
 
 
@@ -44,7 +46,7 @@ def config_row(name: str) -> dict:
     batch = config.batch_size
     temp_at_batch = fixed_temp + per_example * batch
     num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
-    dataset_bytes = CIFAR_TRAIN * (shape[0] * shape[1] * shape[2] + 4)  # uint8 + int32 label
+    dataset_bytes = TRAIN_EXAMPLES[config.dataset] * (int(np.prod(shape)) + 4)  # uint8 + int32 label
     resident = at_small['state'] + dataset_bytes
     fits = {}
     for gb in MEMORIES_GB:

@@ -41,7 +41,7 @@ import numpy as np
 from jaxres import input_pipeline, sharding, train
 
 
-def _load_config(path: str) -> ml_collections.ConfigDict:
+def load_config(path: str) -> ml_collections.ConfigDict:
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
     return config_flags.config_flags._LoadConfigModule('bench_config', path).get_config()
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--dtype', default=None, help='override config.dtype')
     args, overrides = parser.parse_known_args(argv)
-    config = _load_config(args.config)
+    config = load_config(args.config)
     if args.dtype:
         config.dtype = args.dtype
     apply_overrides(config, overrides)

@@ -13,6 +13,9 @@ from jaxres import checkpointing, config_validation, console, datasets, input_pi
 from jaxres import sharding
 from jaxres import summary, train
 
+# Config keys that moved, for a clear message to a user of an older command line.
+MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
+
 USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
                checkpointing.CheckpointError, train.NonFiniteLossError)
 
@@ -71,6 +74,10 @@ def explain_flag_error(argv: list[str], error: Exception) -> str:
     for arg in argv[1:]:
         if arg.startswith('--config.'):
             key = arg[len('--config.'):].split('=', 1)[0]
+            if key in MOVED_KEYS:
+                return (f'config.{key} is now config.{MOVED_KEYS[key]} (the same values; '
+                        'it no longer counts as part of the model): use '
+                        f'--config.{MOVED_KEYS[key]}={arg.split("=", 1)[-1]}.')
             if key.split('.')[-1] in text or key in text:
                 return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
                         'against configs/default.py, which lists every key.')

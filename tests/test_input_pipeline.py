@@ -324,8 +324,8 @@ def _reference_batch(ds, aug, step):
     dict(hflip=True),
 ], ids=['crop-flip', 'reflect-alternate', 'vflip', 'flip-first', 'crop-affine', 'no-crop'])
 def test_train_batch_equals_the_uint8_pipeline(kw):
-    """Stored padded for this crop, unpadded or padded for another, the batch is the
-    uint8 pipeline's."""
+    """Stored padded for this crop, unpadded, padded for another, or as uint8 images
+    (GPU/TPU: ``packed=False``), the batch is the uint8 pipeline's."""
     ds = random_dataset(n_train=64)
     aug = _aug(**kw)
     mesh = sharding.make_data_mesh(jax.devices()[:1])
@@ -333,7 +333,8 @@ def test_train_batch_equals_the_uint8_pipeline(kw):
     want = _reference_batch(ds, aug, 1)
     other = _aug(crop_padding=4, padding_mode='reflect')  # data stored for another crop
     for data in (input_pipeline.to_device(ds, mesh, 8, aug), input_pipeline.to_device(ds, mesh, 8),
-                 input_pipeline.to_device(ds, mesh, 8, other)):
+                 input_pipeline.to_device(ds, mesh, 8, other),
+                 input_pipeline.to_device(ds, mesh, 8, aug, packed=False)):
         got = jax.jit(lambda d, o: input_pipeline.train_batch(d, o, jnp.int32(1), 0,
                                                               jax.random.key(1), aug))(data, order)
         np.testing.assert_allclose(got['image'], want, rtol=0, atol=1e-6)
