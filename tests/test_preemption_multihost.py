@@ -8,7 +8,6 @@ parameters of an uninterrupted run.  Steps run two per dispatch
 A checkpoint that reads back on process 0 but not on process 1 is rejected by both.
 """
 
-import json
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ import numpy as np
 from jaxres import checkpointing
 
 from conftest import ROOT
+from fault_injection import logged_step  # process 0 writes metrics.jsonl
 
 # A ~6k-parameter ResNet on 8x8 generated images: 8 steps per epoch, 48 steps.
 OVERRIDES = [
@@ -96,18 +96,6 @@ class Cluster:
                 p.wait()
 
 
-def _logged_step(workdir: str, offset: int) -> int:
-    """The highest step process 0 logged to metrics.jsonl after byte ``offset``."""
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if not os.path.exists(path):
-        return -1
-    with open(path, 'rb') as f:
-        f.seek(offset)
-        lines = f.read().decode().splitlines()
-    return max((json.loads(line)['step'] for line in lines if line.strip().endswith('}')),
-               default=-1)
-
-
 def _jsonl_size(workdir: str) -> int:
     path = os.path.join(workdir, 'metrics.jsonl')
     return os.path.getsize(path) if os.path.exists(path) else 0
@@ -117,7 +105,7 @@ def _sigterm_after(cluster: Cluster, step: int, victim: int, offset: int) -> int
     """SIGTERMs process ``victim`` once this run has logged ``step``; the step seen."""
     deadline = time.time() + 240
     while time.time() < deadline and all(p.poll() is None for p in cluster.procs):
-        seen = _logged_step(cluster.workdir, offset)
+        seen = logged_step(cluster.workdir, offset)
         if seen >= step:
             cluster.procs[victim].send_signal(signal.SIGTERM)
             return seen
