@@ -1,6 +1,7 @@
 """Base config holding every key jaxres reads; other configs import and edit it.
 
-On its own it is the standard CIFAR-10 ResNet-18 recipe (see cifar10_resnet18.py).
+On its own it is the standard CIFAR-10 ResNet-18 recipe (see cifar10_resnet18.py),
+normalised with the training set's own per-channel mean and std.
 """
 
 import ml_collections
@@ -29,8 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.image_size = 0  # 0 = keep the stored size; else resize (bilinear) to this
-  c.data.mean = (0.4914, 0.4822, 0.4465)  # per-channel, on [0, 1] pixels
-  c.data.std = (0.2023, 0.1994, 0.2010)
+  # Per-channel, on [0, 1] pixels; () = the training set's own (stored by
+  # prepare_data, or computed from a resident training set).
+  c.data.mean = ()
+  c.data.std = ()
   c.data.crop_padding = 4  # pad-and-random-crop; 0 disables
   c.data.padding_mode = 'constant'  # 'constant' (zeros) or 'reflect'
   c.data.hflip = True
@@ -52,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.hue = 0.0  # <= 0.5
   # torchvision RandomResizedCrop, output image_size (or the stored size).
   c.data.random_resized_crop = False
+  # Evaluation (streaming input): resize the shorter side to eval_resize, then
+  # take the centre image_size crop (ImageNet: 256 then 224); 0 = image_size.
+  c.data.eval_resize = 0
   c.data.crop_scale = (0.08, 1.0)  # area fraction
   c.data.crop_ratio = (3 / 4, 4 / 3)  # aspect ratio
   # 'channel': (x - mean) / std per channel; 'scalar': one mean/std for all
@@ -60,6 +66,16 @@ def get_config() -> ml_collections.ConfigDict:
   # () = color_jitter, random_resized_crop, affine, crop, hflip, vflip (those
   # enabled). Else the ops in this order, repeats allowed (seed 002).
   c.data.augment_order = ()
+
+  # Where the training set is read from: 'resident' (all of it on every device,
+  # augmented inside jit: CIFAR's fast path), 'streaming' (grain reads batches
+  # from a TFDS ArrayRecord data set on disk), or 'auto' (resident when the stored
+  # training set fits resident_budget_gb, else streaming; the log says which).
+  c.input = ml_collections.ConfigDict()
+  c.input.kind = 'auto'
+  c.input.resident_budget_gb = 0.0  # 0 = a quarter of one device's memory
+  c.input.workers = 0  # streaming: grain worker processes (0 = threads in this process)
+  c.input.prefetch = 4  # streaming: batches read ahead
 
   # Model (see jaxres/models.py for what each key does).
   c.model = ml_collections.ConfigDict()
@@ -172,6 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1
+  c.eval.every_steps = 0  # > 0: also every N steps (an ImageNet epoch is hours)
   c.eval.checkpoint = 'latest'  # for --mode=eval: 'latest' | 'best' | a step | a path
   c.eval.split = ''  # '' = eval_split
   c.eval.tta = False  # average the softmax of each image and its mirror (eval and predict)
@@ -181,6 +198,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_epochs = 1
+  c.checkpoint.every_steps = 0  # > 0: also every N steps
+  c.checkpoint.every_minutes = 0.0  # > 0: also when this long has passed since the last
   c.checkpoint.max_to_keep = 3  # the last k, plus the best by best_metric
   c.checkpoint.best_metric = 'eval_accuracy'
   c.checkpoint.async_save = True

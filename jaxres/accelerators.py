@@ -84,10 +84,15 @@ def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         raise ValueError('export_steps is for accelerators; the CPU makes other choices.')
     inputs = step_inputs(config, mesh, platforms[0])
     t = inputs.trainer
+    variables = {'params': inputs.state.params, 'batch_stats': inputs.state.batch_stats}
+    batch = {k: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding.batch_sharded(mesh))
+             for k, x in (('image', inputs.data.eval_images), ('label', inputs.data.eval_labels),
+                          ('mask', inputs.data.eval_mask))}
     return {
         'train_step': export.export(t.train_step_fn, platforms=platforms)(
             inputs.state, inputs.data, inputs.order),
-        'eval_step': export.export(t.eval_fn, platforms=platforms)(inputs.state, inputs.data),
+        'eval_step': export.export(t.evaluator.sums_fn, platforms=platforms)(
+            variables, None, batch),
     }
 
 

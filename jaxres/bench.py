@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxres import input_pipeline, sharding, train
+from jaxres import input_pipeline, models, sharding, train
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -144,7 +144,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
     # Input pipeline alone: gather + augment + normalise one global batch.
     batch_fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
         d, o, s, s // trainer.steps_per_epoch, jax.random.key(config.seed + 1), trainer.aug,
-        train.compute_dtype(config), sharding.batch_sharded(mesh)))
+        models.compute_dtype(config.dtype), sharding.batch_sharded(mesh)))
     # Timed as a stream, like the PyTorch DataLoader it is compared with and as
     # the training loop runs it: an epoch of distinct batches dispatched back to
     # back, one sync at the end (a sync per batch would time the sync).

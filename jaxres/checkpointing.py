@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Callable
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -77,16 +78,23 @@ def create_manager(directory: str, config: ml_collections.ConfigDict | None = No
         create=not read_only,
         cleanup_tmp_directories=not read_only,
     )
-    return _CheckpointManager(directory, options=options, item_names=('state', 'meta'))
+    return _CheckpointManager(directory, options=options, item_names=('state', 'meta', 'data'))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         metrics: dict[str, float] | None = None, force: bool = True) -> None:
-    """Starts an (async) save; ``wait(manager)`` completes it."""
+         metrics: dict[str, float] | None = None, force: bool = True,
+         data_iterator: Any = None) -> None:
+    """Starts an (async) save; ``wait(manager)`` completes it.
+
+    ``data_iterator`` (streaming input): grain's iterator, whose position is saved
+    in the same checkpoint (one small JSON per process), so a resumed run reads
+    exactly the batches the interrupted one would have.
+    """
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_iterator is not None:
+        items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)),
-                     metrics=metrics, force=force)
+        manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
     except OSError as e:
         raise _write_error(manager, step, e) from None
 
@@ -149,6 +157,26 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
             f'every checkpoint in {manager.directory} ({steps}) is unreadable. Move the '
             'directory away to start afresh.')
     return None, None
+
+
+def restore_data_iterator(manager: ocp.CheckpointManager, step: int, iterator: Any) -> bool:
+    """Sets grain's ``iterator`` to its position saved at ``step``.
+
+    False (the iterator untouched) when the checkpoint has no position for this
+    process layout (a resident run's, or another host count) or it does not read.
+    """
+    path = os.path.join(str(manager.directory), str(step), 'data',
+                        f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+    if not os.path.exists(path):
+        return False
+    try:
+        manager.restore(step, args=ocp.args.Composite(
+            data=grain.checkpoint.CheckpointRestore(iterator)))
+    except Exception as e:  # pylint: disable=broad-except
+        logging.warning('the data position saved at step %d does not read (%s: %s).', step,
+                        type(e).__name__, str(e)[:200])
+        return False
+    return True
 
 
 def _on_every_process(ok: bool) -> bool:

@@ -40,6 +40,7 @@ _CHOICES = {
     'data.fill': ('constant', 'nearest'),
     'data.standardize': ('channel', 'scalar', 'image'),
     'nonfinite': ('stop', 'skip'),
+    'input.kind': ('auto', 'resident', 'streaming'),
     'validation_from': ('random', 'end'),
 }
 
@@ -50,13 +51,15 @@ _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedu
                  'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
                  'data.brightness', 'data.contrast', 'data.saturation', 'data.hue',
                  'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
-                 'schedule.max_momentum', 'optimizer.lookahead_every')
+                 'schedule.max_momentum', 'optimizer.lookahead_every', 'input.resident_budget_gb',
+                 'input.workers', 'eval.every_steps', 'checkpoint.every_steps',
+                 'checkpoint.every_minutes', 'data.eval_resize')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
              'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
              'schedule.div_factor', 'schedule.final_div_factor', 'model.whiten_kernel',
              'model.whiten_samples', 'optimizer.bn_bias_lr_scale', 'grad_accum_steps',
-             'optimizer.muon_ns_steps')
+             'optimizer.muon_ns_steps', 'input.prefetch')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -148,17 +151,14 @@ def check_batch_splits(batch_size: int, num_devices: int, accum_steps: int = 1) 
                       f'(--config.batch_size={upper}).')
 
 
-def validate_for_data(config: ml_collections.ConfigDict, ds, num_devices: int) -> None:
-    """Checks that need the data set and the device count."""
+def validate_for_data(config: ml_collections.ConfigDict, info, num_devices: int) -> None:
+    """Checks that need the data set's ``DataInfo`` and the device count."""
     check_batch_splits(config.batch_size, num_devices, config.grad_accum_steps)
-    n = len(ds.train_labels)
+    n = info.num_train
     if config.batch_size > n:
         raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {n} training '
                           'examples.')
-    channels = ds.image_shape[-1]
+    channels = info.channels
     if channels != 3 and (config.data.saturation or config.data.hue):
         raise ConfigError(f'config.data.saturation/hue need colour images; these have '
                           f'{channels} channel(s).')
-    if len(config.data.mean) not in (1, channels):
-        raise ConfigError(f'config.data.mean has {len(config.data.mean)} entries but the '
-                          f'images have {channels} channel(s).')

@@ -13,9 +13,10 @@ learn's bundled ``digits`` (no download), or NumPy arrays you already hold
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
-from typing import Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -28,6 +29,50 @@ KNOWN_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
 
 class DataError(ValueError):
     """Data that cannot be loaded; the message names the cause and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a run needs to know of its data set without reading its images.
+
+    ``image_shape`` is (H, W, C) with None for sizes that vary between images;
+    ``mean``/``std`` are the training set's per-channel statistics on [0, 1]
+    pixels when known (stored by ``prepare_data``), else None.
+    """
+
+    name: str
+    num_train: int
+    num_eval: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int | None, int | None, int]
+    train_split: str = 'train'
+    eval_split: str = 'test'
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[-1]
+
+    @property
+    def train_bytes(self) -> int | None:
+        """The training set's size as uint8 pixels; None when image sizes vary."""
+        h, w, c = self.image_shape
+        return None if h is None or w is None else self.num_train * h * w * c
+
+    def model_image_shape(self, image_size: int = 0) -> tuple[int, int, int]:
+        """The model's input shape: ``image_size`` square when set, else the stored one."""
+        h, w, c = self.image_shape
+        if image_size:
+            return (image_size, image_size, c)
+        if h is None or w is None:
+            raise DataError(f'the images of {self.name!r} vary in size: set '
+                            '--config.data.image_size=SIZE (e.g. 224) to crop/resize them.')
+        return (h, w, c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +92,11 @@ class ImageDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+    def info(self, name: str = 'arrays') -> DataInfo:
+        """Its ``DataInfo`` (the statistics are computed when a config asks for them)."""
+        return DataInfo(name, len(self.train_labels), len(self.eval_labels), self.class_names,
+                        self.image_shape)
 
     @classmethod
     def from_arrays(cls, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -226,3 +276,185 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
     if config.validation_size > 0:
         ds = ds.split_validation(config.validation_size, config.validation_from)
     return ds
+
+
+# --------------------------------------------------------------------------- #
+# Describing a data set without reading it, and reading it record by record
+# --------------------------------------------------------------------------- #
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...],
+                                                                   tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images on [0, 1] pixels."""
+    c = images.shape[-1]
+    total, sq, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(images), chunk):  # float64 sums, a chunk at a time
+        x = images[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+        n += len(x)
+    mean = total / n
+    # Floored at one grey level: a constant channel must not divide by zero.
+    std = np.maximum(np.sqrt(np.maximum(sq / n - mean * mean, 0.0)), 1 / 255)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _tfds_builder(config: ml_collections.ConfigDict):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or None
+    try:
+        builder = tfds.builder(config.dataset, data_dir=data_dir)
+    except Exception:  # DatasetNotFoundError lists the whole catalogue: too long.
+        builder = None
+    if builder is None or not builder.is_prepared():
+        # load_tfds downloads where allowed, else raises the full message.
+        load_tfds(config.dataset, config.train_split, config.eval_split, data_dir,
+                  config.download)
+        builder = tfds.builder(config.dataset, data_dir=data_dir)
+    return builder
+
+
+def eval_split_of(config: ml_collections.ConfigDict, splits: Sequence[str]) -> str:
+    """``config.eval_split``, or 'validation' when the data set has no 'test' split."""
+    split = config.eval_split
+    if split == 'test' and 'test' not in splits and 'validation' in splits:
+        logging.info('%s has no test split: evaluating on its validation split.',
+                     config.dataset)
+        return 'validation'
+    return split
+
+
+def describe(config: ml_collections.ConfigDict) -> DataInfo:
+    """The ``DataInfo`` of ``config.dataset``: TFDS metadata only, no image is read."""
+    if config.dataset in ('digits', 'synthetic'):
+        return load_dataset(config).info(config.dataset)
+    builder = _tfds_builder(config)
+    info = builder.info
+    eval_split = eval_split_of(config, list(info.splits))
+    for split in (config.train_split, eval_split):
+        if split.split('[')[0] not in info.splits:
+            raise DataError(f'dataset {config.dataset!r} has no split {split!r}; it has '
+                            f'{sorted(info.splits)}.')
+    metadata = dict(info.metadata or {})
+    mean, std = metadata.get('mean'), metadata.get('std')
+    return DataInfo(
+        config.dataset, info.splits[config.train_split].num_examples,
+        info.splits[eval_split].num_examples, tuple(info.features['label'].names),
+        tuple(info.features['image'].shape), config.train_split, eval_split,
+        tuple(mean) if mean else None, tuple(std) if std else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """Records ``{'image', 'label'}`` from uint8 images and labels in memory."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {'image': self.images[index], 'label': int(self.labels[index])}
+
+
+def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
+                 ds: ImageDataset | None = None) -> tuple[Sequence, Sequence]:
+    """Random-access (train, eval) sources of records ``{'image', 'label'}``.
+
+    TFDS data sets must be in ArrayRecord format; images stay encoded (bytes).
+    ``ds`` (arrays in memory) or the generated data sets are served from memory.
+    """
+    if ds is not None or config.dataset in ('digits', 'synthetic'):
+        ds = ds if ds is not None else load_dataset(config)
+        return (ArraySource(ds.train_images, ds.train_labels),
+                ArraySource(ds.eval_images, ds.eval_labels))
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or None
+    if config.validation_size > 0:
+        raise DataError('config.validation_size > 0 holds out part of a training set in '
+                        'memory; streaming input evaluates on a stored split instead: set '
+                        "--config.validation_size=0 (and --config.eval_split='validation' "
+                        'if the data set has one).')
+
+    def source(split):
+        try:
+            return tfds.data_source(config.dataset, split=split, data_dir=data_dir,
+                                    decoders={'image': tfds.decode.SkipDecoding()})
+        except NotImplementedError:  # tfrecord files: no random access
+            raise DataError(
+                f'dataset {config.dataset!r} is stored as tfrecord, which cannot be streamed. '
+                'Write it as ArrayRecord with python -m jaxres.prepare_data, or use '
+                '--config.input.kind=resident.') from None
+        except FileNotFoundError as e:
+            raise DataError(f'a file of dataset {config.dataset!r} split {split!r} is '
+                            f'missing: {e}. Re-run python -m jaxres.prepare_data.') from None
+
+    return source(info.train_split), source(info.eval_split)
+
+
+def resolve_normalization(config: ml_collections.ConfigDict, info: DataInfo,
+                          train_images: np.ndarray | None = None
+                          ) -> ml_collections.ConfigDict:
+    """``config`` with ``data.mean``/``data.std`` filled in when empty (= from the data).
+
+    From the data set's stored statistics, else computed from ``train_images``
+    (resident data); a mean/std whose length does not fit the channels is refused.
+    """
+    d = config.data
+    mean, std = tuple(d.mean), tuple(d.std)
+    if not mean:
+        if info.mean is None and train_images is not None:
+            info = dataclasses.replace(info, **dict(zip(('mean', 'std'),
+                                                        channel_stats(train_images))))
+        if info.mean is None:
+            raise DataError(
+                f'dataset {info.name!r} stores no per-channel mean/std and config.data.mean '
+                'is empty: re-run python -m jaxres.prepare_data (it stores them), or set '
+                '--config.data.mean=(..) --config.data.std=(..).')
+        mean, std = info.mean, info.std
+        logging.info('normalising with the data set\'s mean %s and std %s',
+                     [round(v, 4) for v in mean], [round(v, 4) for v in std])
+    # One value serves every channel; otherwise one per channel.
+    want = (1,) if d.standardize == 'scalar' else (1, info.channels)
+    if d.standardize != 'image' and (len(mean) not in want or len(std) != len(mean)):
+        raise DataError(
+            f'config.data.mean/std have {len(mean)}/{len(std)} values but the images of '
+            f'{info.name!r} have {info.channels} channel(s): give {info.channels} (or 1) '
+            "each, or --config.data.mean='()' --config.data.std='()' for the data set's own.")
+    if (mean, std) == (tuple(d.mean), tuple(d.std)):
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.mean, config.data.std = tuple(mean), tuple(std)
+    return config
+
+
+def device_memory_bytes(device: Any) -> int:
+    """One device's memory: the accelerator's limit, or the host's RAM for a CPU."""
+    stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+    if stats and stats.get('bytes_limit'):
+        return int(stats['bytes_limit'])
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def choose_input_kind(config: ml_collections.ConfigDict, info: DataInfo, device: Any) -> str:
+    """'resident' or 'streaming' for ``config.input.kind`` (auto: by the budget); logged."""
+    kind = config.input.kind
+    budget = (config.input.resident_budget_gb * 2**30 if config.input.resident_budget_gb > 0
+              else device_memory_bytes(device) / 4)
+    size = info.train_bytes
+    gb = lambda n: f'{n / 2**30:.2f} GB'
+    if kind == 'resident':
+        if size is None:
+            raise DataError(f'--config.input.kind=resident needs images of one size; those of '
+                            f'{info.name!r} vary. Use --config.input.kind=streaming.')
+        if size > budget:
+            raise DataError(
+                f'--config.input.kind=resident: the training set of {info.name!r} is '
+                f'{gb(size)} as uint8 pixels, over the resident budget of {gb(budget)} (a '
+                'quarter of one device\'s memory, or config.input.resident_budget_gb). Use '
+                '--config.input.kind=streaming, or raise --config.input.resident_budget_gb.')
+    elif kind == 'auto':
+        kind = 'resident' if size is not None and size <= budget else 'streaming'
+        logging.info('input: %s (training set %s, resident budget %s)', kind,
+                     'of varying image sizes' if size is None else gb(size), gb(budget))
+    return kind

@@ -21,7 +21,7 @@ hosts, and a resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,41 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> Array:
     Each process materialises only the slices its own devices hold.
     """
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+class ResidentInput:
+    """The resident data set as the training loop's input (``streaming.StreamingInput``
+    has the same interface): the step's arguments are the device data and the
+    epoch's order, from which the jitted step gathers its own batch."""
+
+    kind = 'resident'
+    multi_step = True  # the data does not change between steps: K steps per dispatch
+
+    def __init__(self, data: DeviceData, order_fn: Any, steps_per_epoch: int):
+        self.data, self._order_fn, self._steps_per_epoch = data, order_fn, steps_per_epoch
+        self._order = None
+
+    def start_at(self, step: int, manager: Any = None) -> None:
+        del step, manager  # the order is drawn from the state's step
+
+    def step_args(self, step: int, state: Any) -> tuple[DeviceData, Array]:
+        if self._order is None or step % self._steps_per_epoch == 0:
+            self._order = self._order_fn(state.step)  # on the device: no transfer
+        return self.data, self._order
+
+    def checkpoint_item(self) -> None:
+        return None
+
+    def eval_batches(self, batch_size: int = 0) -> Iterator[dict[str, Array]]:
+        del batch_size  # placed in batches by to_device
+        return eval_batches(self.data)
+
+
+def eval_batches(data: DeviceData) -> Iterator[dict[str, Array]]:
+    """The resident eval set as global batches ``{'image', 'label', 'mask'}``."""
+    for i in range(data.eval_labels.shape[0]):
+        yield {'image': data.eval_images[i], 'label': data.eval_labels[i],
+               'mask': data.eval_mask[i]}
 
 
 def pad_eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
@@ -504,6 +539,31 @@ def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None =
     return images
 
 
+def example_keys(data_key: Array, idx: Array, pos: Array, epoch: Array, aug: Augmentation
+                 ) -> tuple[Array, Array | None]:
+    """Per-example augmentation keys from (seed, epoch, position in the epoch), and
+    airbench's alternating flips of the examples ``idx`` (None unless configured).
+
+    Position ``pos`` is the step within the epoch: the keys do not depend on the
+    device or host count, nor on whether the batch was gathered or streamed.
+    """
+    batch_size = idx.shape[0]
+    epoch_key = jax.random.fold_in(jax.random.fold_in(data_key, 1), epoch)
+    positions = pos * batch_size + jnp.arange(batch_size)
+    keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
+    flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
+    return keys, flips
+
+
+def augment_batch(images: Array, labels: Array, idx: Array, pos: Array, epoch: Array,
+                  data_key: Array, aug: Augmentation, dtype: Any = jnp.float32
+                  ) -> dict[str, Array]:
+    """A training batch from uint8 images (N, H, W, C): every op of ``aug``, then
+    ``normalize``.  ``idx`` are the examples' indices in the data set."""
+    keys, flips = example_keys(data_key, idx, pos, epoch, aug)
+    return {'image': normalize(augment(images, keys, aug, flips), aug, dtype), 'label': labels}
+
+
 def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_key: Array,
                 aug: Augmentation, dtype: Any = jnp.float32,
                 batch_sharding: NamedSharding | None = None) -> dict[str, Array]:
@@ -519,13 +579,10 @@ def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_
         # Shard the indices: each device then gathers and augments only its slice.
         idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     labels = data.train_labels[idx]
-    epoch_key = jax.random.fold_in(jax.random.fold_in(data_key, 1), epoch)
-    positions = pos * batch_size + jnp.arange(batch_size)
-    keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
-    flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
     if not data.packed:  # uint8 images: every op, the crop included, per example
-        images = augment(data.train_images[idx], keys, aug, flips)
-        return {'image': normalize(images, aug, dtype), 'label': labels}
+        return augment_batch(data.train_images[idx], labels, idx, pos, epoch, data_key, aug,
+                             dtype)
+    keys, flips = example_keys(data_key, idx, pos, epoch, aug)
     ops, pad = aug.ops(), data.train_padding
     # The first op is a crop the data were padded for: it is the gather itself.
     fused = (ops[:1] == ('crop',) and pad == aug.crop_padding

@@ -606,3 +606,14 @@ def whitening_kernel(images: Array, kernel_size: int, eps: float = 5e-4) -> Arra
 def count_params(params: Any) -> int:
     """Number of trainable scalars in a params pytree (works on ShapeDtypeStructs)."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def compute_dtype(name: str) -> Any:
+    """``config.dtype`` ('float32' | 'bfloat16') -> the activations' dtype."""
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
+def input_shape(image_shape: tuple[int, ...], image_size: int = 0) -> tuple[int, int, int]:
+    """The model's input (H, W, C): ``image_size`` square when set, else the images'."""
+    h, w, c = image_shape
+    return (image_size, image_size, c) if image_size else (h, w, c)

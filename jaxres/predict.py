@@ -27,16 +27,16 @@ import csv
 import functools
 import io
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxres import backend, checkpointing, config_validation, datasets, input_pipeline
-from jaxres import models
-from jaxres import safe_io, sharding, train
+from jaxres import backend, checkpointing, config_validation, datasets, evaluate
+from jaxres import input_pipeline, models
+from jaxres import safe_io, sharding
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 PICKLE_SUFFIXES = ('.pkl', '.pickle', '')
@@ -163,31 +163,17 @@ def check_image_shape(images: np.ndarray, expected: Sequence[int] | None, source
 # --------------------------------------------------------------------------- #
 # The model
 # --------------------------------------------------------------------------- #
-def probabilities(variables: dict[str, Any], images: jax.Array, *, apply_fn: Callable,
-                  aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool,
-                  tta_translate: bool = False) -> jax.Array:
-    """Softmax probabilities (float32) of uint8 images, preprocessed as in evaluation."""
-    x = input_pipeline.normalize(images, aug, dtype)
-    logits_fn = lambda x: apply_fn(variables, x, train=False)
-    if tta_flip:  # the same averages as eval_step's TTA
-        return train.tta_probabilities(logits_fn, x, tta_translate)
-    return jax.nn.softmax(logits_fn(x).astype(jnp.float32))
-
-
-def predict_batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray,
-                    mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
-    """Applies ``fn`` batch by batch (sharded over ``mesh``); pads so any N works."""
+def image_batches(images: np.ndarray, mesh: jax.sharding.Mesh, batch_size: int
+                  ) -> Iterator[dict[str, jax.Array]]:
+    """Global batches ``{'image', 'mask'}`` of host images, padded so any N works."""
     batch_size = min(sharding.round_up_to_devices(batch_size, mesh.size),
                      sharding.round_up_to_devices(len(images), mesh.size))
     labels = np.zeros(len(images), np.int32)
-    batches, _, _ = input_pipeline.pad_eval_batches(images, labels, batch_size)
-    batch_sharding = sharding.batch_sharded(mesh)
-    out = []
-    for batch in batches:
-        x = jax.make_array_from_callback(batch.shape, batch_sharding, lambda i, b=batch: b[i])
-        # The output is replicated: any local copy is the whole batch, on every host.
-        out.append(np.asarray(fn(x).addressable_data(0)))
-    return np.concatenate(out)[:len(images)].astype(np.float32)
+    batches, _, masks = input_pipeline.pad_eval_batches(images, labels, batch_size)
+    spec = sharding.batch_sharded(mesh)
+    for batch, mask in zip(batches, masks):
+        yield {k: jax.make_array_from_callback(v.shape, spec, lambda i, v=v: v[i])
+               for k, v in (('image', batch), ('mask', mask))}
 
 
 def variables_for(model: models.ResNet, restored: dict[str, Any],
@@ -293,20 +279,30 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     mesh = sharding.make_data_mesh()
     restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
     num_classes = int(restored['params']['head']['kernel'].shape[-1])
-    dtype = train.compute_dtype(config)
+    dtype = models.compute_dtype(config.dtype)
     choices = backend.choose(config)
     model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
-    shape = train.model_input_shape(config, images.shape[1:])
+    shape = models.input_shape(images.shape[1:], config.data.image_size)
     variables = variables_for(model, restored, shape)
-    jitted = jax.jit(functools.partial(
-        probabilities, apply_fn=model.apply,
-        aug=input_pipeline.Augmentation.from_config(config), dtype=dtype,
-        tta_flip=bool(config.eval.get('tta', False)),
-        tta_translate=bool(config.eval.get('tta_translate', False))),
-        out_shardings=sharding.replicated(mesh))
-    probs = predict_batched(lambda x: jitted(variables, x), images, mesh,
-                            config.eval_batch_size)
+    evaluator = evaluate.Evaluator(
+        model.apply, mesh, input_pipeline.Augmentation.from_config(normalization_of(config, meta)),
+        dtype, tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate))
+    probs = evaluator.predict(variables, image_batches(images, mesh, config.eval_batch_size))
     return probs, class_names_for(meta, config, num_classes), step
+
+
+def normalization_of(config: ml_collections.ConfigDict, meta: dict) -> ml_collections.ConfigDict:
+    """``config`` with the checkpoint's mean/std when the config leaves them to the data."""
+    if tuple(config.data.mean):
+        return config
+    saved = (meta.get('config') or {}).get('data') or {}
+    if not saved.get('mean'):
+        raise PredictError('config.data.mean is empty (= from the data) and the checkpoint '
+                           'records none: pass the --config.data.mean/std it was trained with.')
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.mean, config.data.std = tuple(saved['mean']), tuple(saved['std'])
+    return config
 
 
 def predict_to_file(config: ml_collections.ConfigDict, workdir: str) -> str:

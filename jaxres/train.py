@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import flax
 import jax
@@ -29,9 +29,10 @@ from clu import metrics as clu_metrics
 from clu import periodic_actions
 from flax.training import train_state
 
-from jaxres import backend, checkpointing, config_validation, datasets, input_pipeline
+from jaxres import backend, checkpointing, config_validation, datasets, evaluate
+from jaxres import input_pipeline
 from jaxres import metric_logging
-from jaxres import models, optim, sharding
+from jaxres import models, optim, sharding, streaming
 
 Array = jax.Array
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue"
@@ -52,14 +53,6 @@ class NonFiniteLossError(FloatingPointError):
 # --------------------------------------------------------------------------- #
 # Pure functions
 # --------------------------------------------------------------------------- #
-def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
-    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-        if label_smoothing else jax.nn.one_hot(labels, num_classes)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
 def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
                label_smoothing: float = 0.0, l2_weight: float = 0.0,
                skip_nonfinite: bool = False, frozen: Callable[[Any], Any] | None = None,
@@ -89,7 +82,7 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
         logits, updates = state.apply_fn(
             {'params': params, 'batch_stats': batch_stats}, micro['image'], train=True,
             mutable=['batch_stats'], rngs={'dropout': key})
-        loss = cross_entropy(logits, micro['label'], label_smoothing).mean()
+        loss = evaluate.cross_entropy(logits, micro['label'], label_smoothing).mean()
         total = loss + l2_weight * optim.l2_loss(params) if l2_weight else loss
         accuracy = jnp.mean(jnp.argmax(logits, -1) == micro['label'])
         return total, (loss, accuracy, updates['batch_stats'])
@@ -150,49 +143,6 @@ def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps
                          lookahead=ema)
 
 
-def tta_probabilities(logits_fn: Callable[[Array], Array], images: Array,
-                      translate: bool = False) -> Array:
-    """Softmax averaged over each image and its mirror image (test-time augmentation).
-
-    With ``translate`` the image shifted by one pixel up-left and down-right
-    (edges reflected) is added, each with its mirror: weights 1/2, 1/4, 1/4.
-    """
-    def flip_avg(x):
-        return (jax.nn.softmax(logits_fn(x).astype(jnp.float32)) +
-                jax.nn.softmax(logits_fn(x[:, :, ::-1]).astype(jnp.float32))) / 2
-
-    probs = flip_avg(images)
-    if translate:
-        h, w = images.shape[1:3]
-        padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), 'reflect')
-        probs = (probs / 2 + flip_avg(padded[:, :h, :w]) / 4 +
-                 flip_avg(padded[:, 2:, 2:]) / 4)
-    return probs
-
-
-def eval_step(state: TrainState, batch: dict[str, Array], mask: Array, tta_flip: bool = False,
-              tta_translate: bool = False) -> dict[str, Array]:
-    """Sums over the real (unmasked) examples of one batch: loss, top-1/5, confusion."""
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    logits_fn = lambda x: state.apply_fn(variables, x, train=False)
-    if tta_flip:
-        logits = jnp.log(tta_probabilities(logits_fn, batch['image'], tta_translate))
-    else:
-        logits = logits_fn(batch['image'])
-    labels = batch['label']
-    num_classes = logits.shape[-1]
-    m = mask.astype(jnp.float32)
-    pred = jnp.argmax(logits, -1)
-    _, top5 = jax.lax.top_k(logits, min(5, num_classes))
-    return {
-        'loss': jnp.sum(cross_entropy(logits, labels) * m),
-        'correct': jnp.sum((pred == labels) * m),
-        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * m),
-        'count': jnp.sum(m),
-        'confusion': jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, pred].add(m),
-    }
-
-
 # Training metrics averaged over the steps between two log events (built with
 # Collection.create: this module's postponed annotations hide class-body fields).
 TrainMetrics = clu_metrics.Collection.create(
@@ -211,51 +161,9 @@ def summarize_train(host_metrics: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(v) for k, v in merged.compute().items()}
 
 
-def evaluate_all(state: TrainState, data: input_pipeline.DeviceData,
-                 aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False,
-                 tta_translate: bool = False) -> dict[str, Array]:
-    """Sums of ``eval_step`` over every eval batch (one ``lax.scan``, one dispatch)."""
-
-    def body(totals, xs):
-        images, labels, mask = xs
-        batch = {'image': input_pipeline.normalize(images, aug, dtype), 'label': labels}
-        sums = eval_step(state, batch, mask, tta_flip, tta_translate)
-        return jax.tree_util.tree_map(jnp.add, totals, sums), None
-
-    first = jax.eval_shape(lambda: eval_step(
-        state, {'image': input_pipeline.normalize(data.eval_images[0], aug, dtype),
-                'label': data.eval_labels[0]}, data.eval_mask[0], tta_flip, tta_translate))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), first)
-    totals, _ = jax.lax.scan(body, zeros, (data.eval_images, data.eval_labels, data.eval_mask))
-    return totals
-
-
-def summarize_eval(sums: dict[str, Any], class_names: tuple[str, ...] | None = None
-                   ) -> dict[str, Any]:
-    """Host-side: divide the sums once; per-class accuracy from the confusion matrix."""
-    sums = jax.device_get(sums)
-    count = float(sums['count'])
-    confusion = np.asarray(sums['confusion'])
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    out = {
-        'accuracy': float(sums['correct']) / count,
-        'top5_accuracy': float(sums['correct_top5']) / count,
-        'loss': float(sums['loss']) / count,
-        'num_examples': int(round(count)),
-        'per_class_accuracy': {(class_names[i] if class_names else str(i)): float(a)
-                               for i, a in enumerate(per_class)},
-        'confusion_matrix': confusion.astype(int).tolist(),
-    }
-    return out
-
-
 # --------------------------------------------------------------------------- #
 # Building the pieces
 # --------------------------------------------------------------------------- #
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.dtype]
-
-
 def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
                        tx: optax.GradientTransformation, image_shape: tuple[int, ...],
                        stem_kernel: Any = None) -> TrainState:
@@ -275,13 +183,6 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
                  if config.optimizer.lookahead_every > 0 else None)
     return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
                              tx=tx, lookahead=lookahead)
-
-
-def model_input_shape(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]
-                      ) -> tuple[int, int, int]:
-    h, w, c = image_shape
-    size = config.data.image_size
-    return (size, size, c) if size else (h, w, c)
 
 
 @dataclasses.dataclass
@@ -304,13 +205,21 @@ class Trainer:
     stem_kernel: np.ndarray | None = None
 
     @classmethod
-    def build(cls, config: ml_collections.ConfigDict, ds: datasets.ImageDataset,
-              mesh: jax.sharding.Mesh, platform: str | None = None) -> 'Trainer':
-        """``platform`` (default: the mesh's) picks the backend's lowerings
-        (``backend.choose``); 'cuda' or 'tpu' on a CPU mesh is for exporting."""
-        config_validation.validate_for_data(config, ds, mesh.size)
+    def build(cls, config: ml_collections.ConfigDict,
+              data: datasets.DataInfo | datasets.ImageDataset, mesh: jax.sharding.Mesh,
+              platform: str | None = None) -> 'Trainer':
+        """Everything but the data's placement, from the config and the data set's
+        ``DataInfo`` (an ``ImageDataset`` in memory also serves, and gives the
+        'whiten' stem its sample).  The trainer's config has ``data.mean``/``std``
+        resolved (from the data when empty).  ``platform`` (default: the mesh's)
+        picks the backend's lowerings (``backend.choose``); 'cuda' or 'tpu' on a
+        CPU mesh is for exporting."""
+        images = data.train_images if isinstance(data, datasets.ImageDataset) else None
+        info = data.info(config.dataset) if images is not None else data
+        config = datasets.resolve_normalization(config, info, images)
+        config_validation.validate_for_data(config, info, mesh.size)
         choices = backend.choose(config, platform or mesh.devices.flat[0].platform)
-        steps_per_epoch = len(ds.train_labels) // config.batch_size
+        steps_per_epoch = info.num_train // config.batch_size
         # round() first: 0.7 * 10 is 7.000000000000001 in floats, and must give 7 steps.
         schedule_steps = math.ceil(round(config.num_epochs * steps_per_epoch, 6))
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
@@ -318,16 +227,21 @@ class Trainer:
         aug = input_pipeline.Augmentation.from_config(config)
         stem_kernel = None
         if config.model.stem == 'whiten':
-            sample = input_pipeline.normalize(ds.train_images[:config.model.whiten_samples], aug)
+            if images is None:
+                raise config_validation.ConfigError(
+                    "model.stem='whiten' computes its kernel from training images in memory: "
+                    'use --config.input.kind=resident.')
+            sample = input_pipeline.normalize(images[:config.model.whiten_samples], aug)
             stem_kernel = np.asarray(models.whitening_kernel(sample, config.model.whiten_kernel))
         return cls(config=config, mesh=mesh, stem_kernel=stem_kernel, choices=choices,
-                   model=models.create_model(config.model, ds.num_classes, compute_dtype(config),
-                                             choices.conv, choices.max_pool),
+                   model=models.create_model(config.model, info.num_classes,
+                                             models.compute_dtype(config.dtype), choices.conv,
+                                             choices.max_pool),
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
-                   aug=aug,
-                   num_train=len(ds.train_labels), steps_per_epoch=steps_per_epoch,
-                   total_steps=total, schedule_steps=schedule_steps, class_names=ds.class_names,
-                   image_shape=model_input_shape(config, ds.image_shape))
+                   aug=aug, num_train=info.num_train, steps_per_epoch=steps_per_epoch,
+                   total_steps=total, schedule_steps=schedule_steps,
+                   class_names=info.class_names,
+                   image_shape=info.model_image_shape(config.data.image_size))
 
     # -- state -------------------------------------------------------------- #
     def init_state(self) -> TrainState:
@@ -358,12 +272,29 @@ class Trainer:
 
     def step_with_data(self, state: TrainState, data: input_pipeline.DeviceData,
                        order: Array) -> tuple[TrainState, dict[str, Array]]:
-        """Gather + augment this step's global batch, then ``train_step``."""
+        """Resident input: gather + augment this step's global batch, then ``update``."""
         cfg = self.config
         batch = input_pipeline.train_batch(
             data, order, state.step, state.step // self.steps_per_epoch,
-            jax.random.key(cfg.seed + 1), self.aug, compute_dtype(cfg),
+            jax.random.key(cfg.seed + 1), self.aug, models.compute_dtype(cfg.dtype),
             sharding.batch_sharded(self.mesh))
+        return self.update(state, batch)
+
+    def step_with_batch(self, state: TrainState, batch: dict[str, Array]
+                        ) -> tuple[TrainState, dict[str, Array]]:
+        """Streaming input: augment a read uint8 batch (the ops left for jit), ``update``."""
+        cfg = self.config
+        pos = state.step % self.steps_per_epoch
+        batch = input_pipeline.augment_batch(
+            batch['image'], batch['label'], batch['index'], pos,
+            state.step // self.steps_per_epoch, jax.random.key(cfg.seed + 1),
+            streaming.jit_augmentation(self.aug), models.compute_dtype(cfg.dtype))
+        return self.update(state, batch)
+
+    def update(self, state: TrainState, batch: dict[str, Array]
+               ) -> tuple[TrainState, dict[str, Array]]:
+        """``train_step`` with the config's options, then the lookahead."""
+        cfg = self.config
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
         l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
         state, metrics = train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
@@ -376,6 +307,18 @@ class Trainer:
                                      decay=cfg.optimizer.lookahead_decay,
                                      total_steps=self.schedule_steps)
         return state, metrics
+
+    @functools.cached_property
+    def batch_step_fn(self) -> Callable:
+        """The jitted streaming step (state donated)."""
+        repl = sharding.replicated(self.mesh)
+        return jax.jit(self.step_with_batch, donate_argnums=0, out_shardings=(repl, repl))
+
+    def step_fn(self, kind: str, steps: int = 1) -> Callable:
+        """The jitted step for the input ``kind``: ``fn(state, *input.step_args(...))``."""
+        if kind == 'streaming':
+            return self.batch_step_fn
+        return self.multi_step_fn if steps > 1 else self.train_step_fn
 
     @functools.cached_property
     def train_step_fn(self) -> Callable:
@@ -400,16 +343,20 @@ class Trainer:
         return jax.jit(many, donate_argnums=0, out_shardings=(repl, repl))
 
     @functools.cached_property
-    def eval_fn(self) -> Callable:
-        return jax.jit(functools.partial(evaluate_all, aug=self.aug,
-                                         dtype=compute_dtype(self.config),
-                                         tta_flip=bool(self.config.eval.get('tta', False)),
-                                         tta_translate=bool(self.config.eval.get(
-                                             'tta_translate', False))),
-                       out_shardings=sharding.replicated(self.mesh))
+    def evaluator(self) -> evaluate.Evaluator:
+        return evaluate.Evaluator(
+            self.model.apply, self.mesh, self.aug, models.compute_dtype(self.config.dtype),
+            tta_flip=bool(self.config.eval.tta), tta_translate=bool(self.config.eval.tta_translate),
+            class_names=self.class_names)
 
-    def evaluate(self, state: TrainState, data: input_pipeline.DeviceData) -> dict[str, Any]:
-        return summarize_eval(self.eval_fn(state, data), self.class_names)
+    def evaluate(self, state: TrainState,
+                 batches: input_pipeline.DeviceData | Iterable[dict[str, Array]]
+                 ) -> dict[str, Any]:
+        """``evaluate.Evaluator`` over the resident eval set or any batch iterator."""
+        if isinstance(batches, input_pipeline.DeviceData):
+            batches = input_pipeline.eval_batches(batches)
+        return self.evaluator.evaluate({'params': state.params,
+                                        'batch_stats': state.batch_stats}, batches)
 
 
 # --------------------------------------------------------------------------- #
@@ -466,12 +413,15 @@ class Preempted(SystemExit):
     """Raised after the checkpoint of a SIGTERM/SIGINT-interrupted run is written."""
 
 
-def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str) -> None:
+def _check_resumable(meta: dict, config: ml_collections.ConfigDict, info: datasets.DataInfo,
+                     ckpt_dir: str) -> None:
     """Refuses to resume a checkpoint written for a different model or data set.
 
     A key the current config no longer has is not compared: it was moved or
     dropped by a jaxres upgrade (e.g. ``model.conv_impl`` -> ``backend.conv``),
-    not changed by the user.
+    not changed by the user.  The data set's record count and classes must be
+    those the run started with (a data set rewritten under a run changes the
+    order of every later epoch).
     """
     saved = meta.get('config', {})
     current = json.loads(config.to_json())
@@ -488,12 +438,93 @@ def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: st
             f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
             + '. Use a new --workdir, or start from those weights on purpose with '
             f'--config.init_from={ckpt_dir} in a new workdir.')
+    changed = []
+    if meta.get('num_train') not in (None, info.num_train):
+        changed.append(f'{meta["num_train"]} training records then, {info.num_train} now')
+    if meta.get('class_names') and list(meta['class_names']) != list(info.class_names):
+        changed.append(f'classes {_short(meta["class_names"])} then, '
+                       f'{_short(info.class_names)} now')
+    if changed:
+        raise checkpointing.CheckpointError(
+            f'dataset {info.name!r} changed since the checkpoints in {ckpt_dir} were written ('
+            + '; '.join(changed) + '). Restore the data set the run started with, or train '
+            'on the new one in a new --workdir (--config.init_from=' + ckpt_dir
+            + ' to start from these weights).')
+
+
+def _short(names) -> str:
+    names = list(names)
+    return repr(names) if len(names) <= 4 else f'[{names[0]!r}, ... {len(names)} names]'
 
 
 def _lookup(d: dict, dotted: str) -> Any:
     for part in dotted.split('.'):
         d = d.get(part) if isinstance(d, dict) else None
     return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the loop logs, evaluates and checkpoints: by epoch, by step, by time."""
+
+    steps_per_epoch: int
+    total_steps: int
+    log_every_steps: int
+    eval_every_epochs: int
+    eval_every_steps: int
+    save_every_epochs: int
+    save_every_steps: int
+    save_every_minutes: float
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    total_steps: int) -> 'Cadence':
+        return cls(steps_per_epoch, total_steps, config.log_every_steps,
+                   config.eval.every_epochs, config.eval.every_steps,
+                   config.checkpoint.every_epochs, config.checkpoint.every_steps,
+                   config.checkpoint.every_minutes)
+
+    def _on(self, step: int, every_epochs: int, every_steps: int) -> bool:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        return (step == self.total_steps or (within == 0 and epoch % every_epochs == 0)
+                or (every_steps > 0 and step % every_steps == 0))
+
+    def next_event(self, step: int) -> int:
+        """The next step after which the loop must look at the host side."""
+        every = [self.steps_per_epoch, self.log_every_steps] + [
+            n for n in (self.eval_every_steps, self.save_every_steps) if n > 0]
+        return min([self.total_steps] + [(step // n + 1) * n for n in every])
+
+    def log(self, step: int) -> bool:
+        return step % self.log_every_steps == 0 or step == self.total_steps
+
+    def evaluate(self, step: int) -> bool:
+        return self._on(step, self.eval_every_epochs, self.eval_every_steps)
+
+    def save(self, step: int, minutes_since_save: float) -> bool:
+        """Due by step or epoch, or (at a log step) by time: every process decides alike."""
+        if self._on(step, self.save_every_epochs, self.save_every_steps):
+            return True
+        if self.save_every_minutes <= 0 or not self.log(step):
+            return False
+        due = minutes_since_save >= self.save_every_minutes
+        if jax.process_count() > 1:  # the clocks differ: process 0 decides for all
+            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+            due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+        return due
+
+
+def open_input(config: ml_collections.ConfigDict, trainer: 'Trainer',
+               ds: datasets.ImageDataset | None, info: datasets.DataInfo, kind: str
+               ) -> input_pipeline.ResidentInput | streaming.StreamingInput:
+    """The run's input: the resident data set on the devices, or grain's stream."""
+    if kind == 'resident':
+        data = input_pipeline.to_device(ds, trainer.mesh, config.eval_batch_size, trainer.aug,
+                                        packed=trainer.choices.packed_pixels)
+        return input_pipeline.ResidentInput(data, trainer.epoch_order_fn,
+                                            trainer.steps_per_epoch)
+    return streaming.StreamingInput(trainer.config, info, trainer.mesh,
+                                    trainer.steps_per_epoch, trainer.total_steps, ds)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -510,23 +541,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
         try:
             os.makedirs(workdir, exist_ok=True)
-            write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
         except OSError as e:
             raise config_validation.ConfigError(
                 f'cannot write to --workdir {workdir}: {e.strerror or e}. Choose a writable '
                 'directory.') from None
-    ds = ds if ds is not None else datasets.load_dataset(config)
     mesh = sharding.make_data_mesh()
-    trainer = Trainer.build(config, ds, mesh)
+    info = ds.info(config.dataset) if ds is not None else datasets.describe(config)
+    kind = datasets.choose_input_kind(config, info, mesh.devices.flat[0])
+    if kind == 'resident' and ds is None:
+        ds = datasets.load_dataset(config)
+    trainer = Trainer.build(config, ds if ds is not None else info, mesh)
+    config = cfg = trainer.config  # data.mean/std resolved
+    if is_main:
+        write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
     backend.warn_if_slow_here(config, trainer.choices.platform)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                    packed=trainer.choices.packed_pixels)
-    cfg = config
+    feed = open_input(config, trainer, ds, info, kind)
 
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
     start_step, state = checkpointing.restore_latest_good(
         manager, trainer.abstract_state(),
-        check_meta=lambda meta: _check_resumable(meta, config, manager.directory))
+        check_meta=lambda meta: _check_resumable(meta, config, info, manager.directory))
     if start_step is not None:
         logging.info('Resumed from step %d in %s', start_step, manager.directory)
     else:
@@ -535,31 +569,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if cfg.init_from:
             from jaxres import finetune  # pylint: disable=g-import-not-at-top
             state = finetune.init_from(state, cfg.init_from, trainer)
+    feed.start_at(start_step, manager)
 
     writer = metric_logging.create_writer(workdir)
     report = periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
                                              every_secs=30.0)
     spe = trainer.steps_per_epoch
+    cadence = Cadence.from_config(cfg, spe, trainer.total_steps)
 
     def meta(eval_metrics=None):
-        # class_names and image_shape let --mode=predict work without the data set.
+        # class_names and image_shape let --mode=predict work without the data set;
+        # the data set's size and classes are checked on resume.
         return {'config': json.loads(config.to_json_best_effort()), 'steps_per_epoch': spe,
-                'class_names': list(ds.class_names), 'image_shape': list(ds.image_shape),
+                'class_names': list(info.class_names), 'image_shape': list(trainer.image_shape),
+                'num_train': info.num_train, 'input_kind': kind,
                 'metrics': eval_metrics or {}}
 
+    t_saved = time.time()
+
     def save(step, eval_results=None):
+        nonlocal t_saved
         metrics = None
         if eval_results is not None:
             metrics = {f'eval_{k}': eval_results[k] for k in ('accuracy', 'top5_accuracy', 'loss')}
         with jax.transfer_guard('allow'):
-            checkpointing.save(manager, step, state, meta(metrics), metrics=metrics)
+            checkpointing.save(manager, step, state, meta(metrics), metrics=metrics,
+                               data_iterator=feed.checkpoint_item())
+        t_saved = time.time()
 
     eval_results = None
-    order = None
     pending: list[dict[str, Array]] = []  # device metrics since the last fetch
     t_log, step_log = time.time(), start_step
     step = start_step
-    k = max(1, cfg.steps_per_dispatch)
+    k = max(1, cfg.steps_per_dispatch) if feed.multi_step else 1
 
     def check_finite(host_metrics, step):
         loss = float(np.mean(np.concatenate([np.ravel(m['loss']) for m in host_metrics])))
@@ -591,39 +633,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, scalars)
         t_log, step_log = time.time(), step
 
-    def next_event(step):
-        """The next step after which the loop must look at the host side."""
-        candidates = [trainer.total_steps, (step // spe + 1) * spe,
-                      (step // cfg.log_every_steps + 1) * cfg.log_every_steps]
-        return min(candidates)
+    def evaluate_now():
+        with jax.transfer_guard('allow'):  # streamed eval batches are placed from the host
+            return trainer.evaluate(state, feed.eval_batches(cfg.eval_batch_size))
 
     multi_process = jax.process_count() > 1
     with _StopSignal(enabled=not multi_process) as stop, jax.transfer_guard('disallow'):
         while step < trainer.total_steps:
-            if order is None or step % spe == 0:
-                order = trainer.epoch_order_fn(state.step)
             step_before = step
-            if k > 1 and step + k <= next_event(step):
-                state, metrics = trainer.multi_step_fn(state, data, order)
-                step += k
-            else:
-                state, metrics = trainer.train_step_fn(state, data, order)
-                step += 1
+            n = k if k > 1 and step + k <= cadence.next_event(step) else 1
+            state, metrics = trainer.step_fn(feed.kind, n)(state, *feed.step_args(step, state))
+            step += n
             pending.append(metrics)
             report(step)
-            end_of_epoch = step % spe == 0
             last = step == trainer.total_steps
-            epoch = step // spe
-            do_eval = last or (end_of_epoch and epoch % cfg.eval.every_epochs == 0)
-            do_save = last or (end_of_epoch and epoch % cfg.checkpoint.every_epochs == 0)
+            do_eval = cadence.evaluate(step)
+            do_save = cadence.save(step, (time.time() - t_saved) / 60)
             preempted = stop.received is not None or (multi_process and reached_preemption_sync(
                 step_before - start_step, step - start_step))
             # Metrics are fetched on log steps, and before any checkpoint so that a
             # non-finite state is never saved over the last good one.
-            if step % cfg.log_every_steps == 0 or last or ((do_save or preempted) and pending):
+            if cadence.log(step) or ((do_save or preempted) and pending):
                 log_train(step)
             if do_eval:
-                eval_results = trainer.evaluate(state, data)
+                eval_results = evaluate_now()
                 writer.write_scalars(step, {
                     'epoch': step / spe, 'eval_loss': eval_results['loss'],
                     'eval_accuracy': eval_results['accuracy'],
@@ -642,9 +675,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointing.wait(manager)
     writer.flush()
     if eval_results is None:  # resumed at the end: nothing left to train
-        eval_results = trainer.evaluate(state, data)
+        eval_results = evaluate_now()
     eval_results = dict(eval_results, step=step,
-                        split='validation' if config.validation_size > 0 else config.eval_split,
+                        split='validation' if config.validation_size > 0 else info.eval_split,
                         wall_time_s=time.time() - t_start)
     if is_main:
         write_json(os.path.join(workdir, 'eval_results.json'), eval_results)

@@ -1,6 +1,7 @@
 """Fault injection: SIGKILL a training run at random points, resume, compare bitwise.
 
     python tests/fault_injection.py [--kills 5] [--seed 0] [--workdir /tmp/faults]
+                                    [--input resident|streaming]
 
 Trains a small ResNet on generated data through ``launch.py`` (the user's
 command), once uninterrupted and once killed with SIGKILL at ``--kills``
@@ -8,7 +9,10 @@ random steps (one of them while an async checkpoint is being written) and
 re-run with the same command after each kill.  The final parameters, BatchNorm
 statistics and optimizer state must be bitwise identical.  A third run is sent
 SIGTERM and must exit with status 143 and a checkpoint at the step it reached.
-Prints a table of faults and outcomes; exits non-zero on any mismatch.
+With ``--input streaming`` the batches are read by grain (two worker processes)
+and checkpoints are also written every 5 steps: the data position saved in them
+must resume exactly too.  Prints a table of faults and outcomes; exits non-zero
+on any mismatch.
 """
 
 from __future__ import annotations
@@ -41,12 +45,18 @@ OVERRIDES = [
     '--config.checkpoint.every_epochs=1', '--config.checkpoint.max_to_keep=2',
 ]
 TOTAL_STEPS = 12 * 16
+INPUTS = {
+    'resident': ['--config.input.kind=resident'],
+    'streaming': ['--config.input.kind=streaming', '--config.input.workers=2',
+                  '--config.checkpoint.every_steps=5'],
+}
 
 
-def launch(workdir: str, devices: int = 1) -> subprocess.Popen:
+def launch(workdir: str, devices: int = 1, input_kind: str = 'resident') -> subprocess.Popen:
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
                PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, 'launch.py', *OVERRIDES, '--workdir', workdir],
+    return subprocess.Popen([sys.executable, 'launch.py', *OVERRIDES, *INPUTS[input_kind],
+                             '--workdir', workdir],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -96,13 +106,15 @@ def final_state(workdir: str) -> tuple[int, list[np.ndarray]]:
     return step, [np.asarray(x) for x in jax.tree_util.tree_leaves(state['state'])]
 
 
-def run_faults(base: str, kills: int = 5, seed: int = 0) -> list[dict]:
+def run_faults(base: str, kills: int = 5, seed: int = 0, input_kind: str = 'resident'
+               ) -> list[dict]:
     """Runs the experiment; returns one row per fault (raises on a mismatch)."""
+    launch_run = lambda workdir: launch(workdir, input_kind=input_kind)
     rng = np.random.default_rng(seed)
     rows = []
     clean, faulty, term = (os.path.join(base, n) for n in ('clean', 'faulty', 'sigterm'))
 
-    proc = launch(clean)
+    proc = launch_run(clean)
     _, err = proc.communicate(timeout=1200)
     if proc.returncode != 0:
         raise RuntimeError('uninterrupted run failed:\n' + err[-3000:])
@@ -112,7 +124,7 @@ def run_faults(base: str, kills: int = 5, seed: int = 0) -> list[dict]:
     during_save = int(rng.integers(kills))
     for i, target in enumerate(targets):
         offset = jsonl_size(faulty)
-        proc = launch(faulty)
+        proc = launch_run(faulty)
         step = wait_for_step(proc, faulty, offset, int(target))
         kind = 'SIGKILL'
         if i == during_save:  # wait for an async checkpoint write, kill inside it
@@ -129,7 +141,7 @@ def run_faults(base: str, kills: int = 5, seed: int = 0) -> list[dict]:
                        if n.isdigit()) if os.path.isdir(os.path.join(faulty, 'checkpoints')) else []
         rows.append({'fault': kind, 'at_step': step,
                      'outcome': f'killed; complete checkpoints {ckpts}'})
-    proc = launch(faulty)
+    proc = launch_run(faulty)
     _, err = proc.communicate(timeout=1200)
     if proc.returncode != 0:
         raise RuntimeError('resumed run failed:\n' + err[-3000:])
@@ -148,7 +160,7 @@ def run_faults(base: str, kills: int = 5, seed: int = 0) -> list[dict]:
     target = int(rng.integers(20, TOTAL_STEPS - 20))
     while target % 16 == 0:  # land between the periodic (epoch-end) checkpoints
         target += 1
-    proc = launch(term)
+    proc = launch_run(term)
     wait_for_step(proc, term, 0, target)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
@@ -169,10 +181,11 @@ def main() -> int:
     parser.add_argument('--kills', type=int, default=5)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--workdir', default=None, help='default: a fresh temp dir')
+    parser.add_argument('--input', default='resident', choices=sorted(INPUTS))
     args = parser.parse_args()
     base = args.workdir or tempfile.mkdtemp(prefix='jaxres_faults_')
     try:
-        rows = run_faults(base, args.kills, args.seed)
+        rows = run_faults(base, args.kills, args.seed, args.input)
     finally:
         if args.workdir is None:
             shutil.rmtree(base, ignore_errors=True)

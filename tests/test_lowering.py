@@ -44,8 +44,8 @@ def test_steps_export_for_cuda_and_tpu(name, dtype):
         assert 'stablehlo.convolution' in text, f'{which}: convolutions are not XLA convolutions'
         assert 'callback' not in text, which
     # The training set goes in as uint8 images (N, H, W, C), not CPU pixel words:
-    # the arguments are (state..., train_images, train_labels, eval x3[, order]).
-    train_images = exported['train_step'].in_avals[len(exported['eval_step'].in_avals) - 5]
+    # the arguments are (state..., train_images, train_labels, eval x3, order).
+    train_images = exported['train_step'].in_avals[-6]
     assert train_images.dtype == jnp.uint8 and train_images.ndim == 4
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxres import checkpointing, input_pipeline, main, metric_logging, optim, sharding, train
+from jaxres import checkpointing, evaluate, input_pipeline, main, metric_logging, optim, sharding
+from jaxres import train
 
 from conftest import random_dataset, tiny_config
 
@@ -199,11 +200,11 @@ def test_tta_probabilities_weights_and_views():
     seen = []
     # Logits that depend on where the image's content is: each view differs.
     logits_fn = lambda x: (seen.append(x) or jnp.stack([x[:, 0, 0, 0], x[:, -1, -1, 0]], -1))
-    flip_only = train.tta_probabilities(logits_fn, images)
+    flip_only = evaluate.tta_probabilities(logits_fn, images)
     assert len(seen) == 2
     np.testing.assert_array_equal(seen[1], images[:, :, ::-1])
     seen.clear()
-    both = train.tta_probabilities(logits_fn, images, translate=True)
+    both = evaluate.tta_probabilities(logits_fn, images, translate=True)
     assert len(seen) == 6
     padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), 'reflect')
     np.testing.assert_array_equal(seen[2], padded[:, :6, :6])  # shifted down-right by 1

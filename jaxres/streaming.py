@@ -1,0 +1,243 @@
+"""Streaming input: grain reads the data set from disk, one global batch per step.
+
+For data sets bigger than a device (ImageNet), where ``input_pipeline``'s
+resident path cannot hold the training set.  The source is a TFDS data set in
+ArrayRecord format (``python -m jaxres.prepare_data`` writes one), read with
+``tfds.data_source`` keeping the encoded image bytes, or arrays in memory.
+
+Order: example position p of the run (step p // B, slot p % B of a global batch
+of B) reads record ``perm(seed, epoch)[p mod (steps_per_epoch * B)]``, a NumPy
+permutation per epoch (the remainder of an epoch is dropped, as on the resident
+path).  Process k of P reads the k-th slice of B / P examples of every global
+batch, so the global batch, its layout on the devices and each example's
+augmentation do not depend on the number of hosts or of grain workers.
+
+Host side (grain workers): decode and the ops that need the original image
+(``host_transforms``: RandomResizedCrop, resize + centre crop).  The uint8
+batch then goes onto the mesh with ``jax.make_array_from_process_local_data``;
+the per-pixel ops (crop with padding, flips, colour jitter, normalisation) run
+inside the jitted step, with the same per-example keys as the resident path.
+The iterator state is saved in the train state's Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import logging
+from typing import Any, Iterator, Sequence
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from jaxres import datasets, input_pipeline, sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochOrder:
+    """Example position in the run -> record index: a seeded permutation per epoch."""
+
+    seed: int
+    num_records: int
+    examples_per_epoch: int
+
+    def __call__(self, position: int) -> int:
+        epoch, within = divmod(int(position), self.examples_per_epoch)
+        return int(self._permutation(epoch)[within])
+
+    @functools.lru_cache(maxsize=2)  # this epoch and the next: one permutation each
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOps:
+    """The per-example work done on the host, in grain's workers (picklable).
+
+    Training: decode, then RandomResizedCrop to ``image_size`` when enabled, else
+    (images of varying size) resize + centre crop to ``image_size``.  Eval: decode,
+    then resize the shorter side to ``eval_resize`` (default ``image_size``) and
+    take the centre ``image_size`` crop, when ``image_size`` is set and either the
+    images vary in size or ``eval_resize`` is given.  Pads (``position`` past the
+    end) are zero images with mask False.
+    """
+
+    train: bool
+    channels: int
+    out_shape: tuple[int, int, int]
+    image_size: int = 0
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    eval_resize: int = 0
+    seed: int = 0
+
+    def __call__(self, item: tuple[int, int, dict | None]) -> dict[str, np.ndarray]:
+        position, index, record = item
+        if record is None:  # eval padding
+            return {'image': np.zeros(self.out_shape, np.uint8), 'label': np.int32(0),
+                    'index': np.int32(-1), 'mask': np.bool_(False)}
+        image = self._image(record['image'], position)
+        if image.shape != self.out_shape:
+            raise datasets.DataError(
+                f'record {index} gives a {image.shape} image where {self.out_shape} was '
+                'expected: images of varying size need --config.data.image_size=SIZE (and '
+                'data.random_resized_crop or data.eval_resize).')
+        return {'image': image, 'label': np.int32(record['label']), 'index': np.int32(index),
+                'mask': np.bool_(True)}
+
+    def _image(self, image: Any, position: int) -> np.ndarray:
+        size, fixed = self.image_size, isinstance(image, np.ndarray)
+        rrc = self.train and self.random_resized_crop
+        resize = size and (self.eval_resize or not fixed or image.shape[:2] != (size, size))
+        if fixed and not rrc and not resize:
+            return image  # in memory, already the model's size
+        from jaxres import host_transforms  # pylint: disable=g-import-not-at-top
+        data = _encode_png(image) if fixed else image
+        if rrc:
+            rng = np.random.default_rng([self.seed, position])
+            return host_transforms.random_resized_crop(data, rng, size, self.crop_scale,
+                                                       self.crop_ratio, self.channels)
+        if resize:
+            return host_transforms.resize_center_crop(data, self.eval_resize or size, size,
+                                                      self.channels)
+        return host_transforms.decode(data, self.channels)
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, 'PNG')
+    return buf.getvalue()
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadTrain:
+    source: Any
+    order: EpochOrder
+
+    def __call__(self, position: int) -> tuple[int, int, dict]:
+        index = self.order(position)
+        return position, index, self.source[index]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadEval:
+    source: Any
+
+    def __call__(self, position: int) -> tuple[int, int, dict | None]:
+        position = int(position)
+        if position >= len(self.source):
+            return position, -1, None
+        return position, position, self.source[position]
+
+
+def process_slice(batches: grain.MapDataset) -> grain.MapDataset:
+    """This process's share: batch j of B / P examples goes to process j mod P."""
+    return batches[jax.process_index()::jax.process_count()]
+
+
+def train_dataset(source: Sequence, *, seed: int, batch_size: int, steps_per_epoch: int,
+                  num_steps: int, host_ops: HostOps) -> grain.MapDataset:
+    """This process's batches for steps 0 .. num_steps - 1 (lazy: nothing is read yet)."""
+    per_process = batch_size // jax.process_count()
+    order = EpochOrder(seed, len(source), steps_per_epoch * batch_size)
+    examples = grain.MapDataset.range(num_steps * batch_size).map(_ReadTrain(source, order))
+    return process_slice(examples.map(host_ops).batch(per_process, drop_remainder=True))
+
+
+def eval_dataset(source: Sequence, *, batch_size: int, host_ops: HostOps) -> grain.MapDataset:
+    """Every example once, in order; the last global batch padded (mask False)."""
+    padded = -(-len(source) // batch_size) * batch_size
+    per_process = batch_size // jax.process_count()
+    examples = grain.MapDataset.range(padded).map(_ReadEval(source)).map(host_ops)
+    return process_slice(examples.batch(per_process, drop_remainder=True))
+
+
+def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetIterator:
+    """An iterator over ``ds``: ``workers`` processes (0: threads in this process)."""
+    # Each element is a batch: ``prefetch`` batches are read ahead, in as many threads.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
+                                              prefetch_buffer_size=prefetch))
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                          per_worker_buffer_size=2))
+    return iter(it)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global batch -> arrays sharded over the ``data`` axis."""
+    spec = sharding.batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(spec, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def jit_augmentation(aug: input_pipeline.Augmentation) -> input_pipeline.Augmentation:
+    """The ops left for the jitted step: all but RandomResizedCrop (done on the host)."""
+    ops = tuple(op for op in aug.ops() if op != 'random_resized_crop')
+    return dataclasses.replace(aug, random_resized_crop=False, order=ops)
+
+
+class StreamingInput:
+    """Training and eval batches read from disk (or host memory) through grain.
+
+    The interface the training loop uses (``input_pipeline.ResidentInput`` has
+    the same): ``start_at``, ``step_args``, ``eval_batches``, ``checkpoint_item``.
+    """
+
+    kind = 'streaming'
+    multi_step = False  # every step needs a new batch from the host
+
+    def __init__(self, config: ml_collections.ConfigDict, info: datasets.DataInfo,
+                 mesh: jax.sharding.Mesh, steps_per_epoch: int, num_steps: int,
+                 ds: datasets.ImageDataset | None = None):
+        self.config, self.info, self.mesh = config, info, mesh
+        d = config.data
+        shape = info.model_image_shape(d.image_size)
+        common = dict(channels=shape[-1], out_shape=shape, image_size=d.image_size,
+                      seed=config.seed)
+        self.train_ops = HostOps(train=True, random_resized_crop=d.random_resized_crop,
+                                 crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+                                 **common)
+        self.eval_ops = HostOps(train=False, eval_resize=d.eval_resize, **common)
+        self.train_source, self.eval_source = datasets.open_sources(config, info, ds)
+        self.train_batches = train_dataset(
+            self.train_source, seed=config.seed, batch_size=config.batch_size,
+            steps_per_epoch=steps_per_epoch, num_steps=num_steps, host_ops=self.train_ops)
+        self.iterator = self._iterate(self.train_batches)
+
+    def _iterate(self, ds: grain.MapDataset) -> grain.DatasetIterator:
+        return iterate(ds, self.config.input.workers, self.config.input.prefetch)
+
+    def start_at(self, step: int, manager: Any = None) -> None:
+        """Positions the stream at ``step``: the iterator state saved in the checkpoint
+        when there is one for this process layout, else from the order itself (the
+        same batches: the order is a function of the position)."""
+        if step == 0:
+            return
+        from jaxres import checkpointing  # pylint: disable=g-import-not-at-top
+        if manager is not None and checkpointing.restore_data_iterator(manager, step,
+                                                                       self.iterator):
+            return
+        logging.info('streaming input: no saved position for this process layout at step '
+                     '%d; starting there from the data order.', step)
+        self.iterator = self._iterate(self.train_batches[step:])
+
+    def step_args(self, step: int, state: Any) -> tuple[dict[str, jax.Array]]:
+        """The next step's global batch: uint8 images, labels, record indices."""
+        del step, state  # the iterator is at the step
+        batch = next(self.iterator)
+        return (to_global({k: batch[k] for k in ('image', 'label', 'index')}, self.mesh),)
+
+    def checkpoint_item(self) -> grain.DatasetIterator:
+        return self.iterator
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, jax.Array]]:
+        """Every eval example once, as global batches with a mask."""
+        batch_size = sharding.round_up_to_devices(batch_size, self.mesh.size)
+        ds = eval_dataset(self.eval_source, batch_size=batch_size, host_ops=self.eval_ops)
+        for batch in self._iterate(ds):
+            yield to_global({k: batch[k] for k in ('image', 'label', 'mask')}, self.mesh)
