@@ -135,26 +135,34 @@ class _ReadEval:
         return position, position, self.source[position]
 
 
-def process_slice(batches: grain.MapDataset) -> grain.MapDataset:
-    """This process's share: batch j of B / P examples goes to process j mod P."""
-    return batches[jax.process_index()::jax.process_count()]
+def process_slice(batches: grain.MapDataset, process: tuple[int, int] | None = None
+                  ) -> grain.MapDataset:
+    """Process k of P's share: batch j of B / P examples goes to process j mod P.
+
+    ``process`` = (k, P), default this process of JAX's.
+    """
+    index, count = process or (jax.process_index(), jax.process_count())
+    return batches[index::count]
 
 
 def train_dataset(source: Sequence, *, seed: int, batch_size: int, steps_per_epoch: int,
-                  num_steps: int, host_ops: HostOps) -> grain.MapDataset:
+                  num_steps: int, host_ops: HostOps, process: tuple[int, int] | None = None
+                  ) -> grain.MapDataset:
     """This process's batches for steps 0 .. num_steps - 1 (lazy: nothing is read yet)."""
-    per_process = batch_size // jax.process_count()
+    count = process[1] if process else jax.process_count()
     order = EpochOrder(seed, len(source), steps_per_epoch * batch_size)
     examples = grain.MapDataset.range(num_steps * batch_size).map(_ReadTrain(source, order))
-    return process_slice(examples.map(host_ops).batch(per_process, drop_remainder=True))
+    batches = examples.map(host_ops).batch(batch_size // count, drop_remainder=True)
+    return process_slice(batches, process)
 
 
-def eval_dataset(source: Sequence, *, batch_size: int, host_ops: HostOps) -> grain.MapDataset:
+def eval_dataset(source: Sequence, *, batch_size: int, host_ops: HostOps,
+                 process: tuple[int, int] | None = None) -> grain.MapDataset:
     """Every example once, in order; the last global batch padded (mask False)."""
+    count = process[1] if process else jax.process_count()
     padded = -(-len(source) // batch_size) * batch_size
-    per_process = batch_size // jax.process_count()
     examples = grain.MapDataset.range(padded).map(_ReadEval(source)).map(host_ops)
-    return process_slice(examples.batch(per_process, drop_remainder=True))
+    return process_slice(examples.batch(batch_size // count, drop_remainder=True), process)
 
 
 def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetIterator:
@@ -163,6 +171,9 @@ def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetI
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
                                               prefetch_buffer_size=prefetch))
     if workers > 0:
+        from absl import flags  # pylint: disable=g-import-not-at-top
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (library use)
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                           per_worker_buffer_size=2))
     return iter(it)

@@ -560,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
     start_step, state = checkpointing.restore_latest_good(
         manager, trainer.abstract_state(),
-        check_meta=lambda meta: _check_resumable(meta, config, info, manager.directory))
+        check_meta=lambda meta: _check_resumable(meta, config, info, str(manager.directory)))
     if start_step is not None:
         logging.info('Resumed from step %d in %s', start_step, manager.directory)
     else:
