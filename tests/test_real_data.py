@@ -20,7 +20,8 @@ def test_shared_cifar10_jpeg_archive_reads_as_an_image_folder():
     ds = prepare_data.read_image_folder(subset, 'cifar10_jpeg')
     assert ds.class_names == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                               'horse', 'ship', 'truck']
-    train = ds.splits['train']
-    assert train.images.shape[1:] == (32, 32, 3) and train.images.dtype == np.uint8
-    assert 0.3 < train.images.mean() / 255 < 0.7
+    check = prepare_data.check_images(ds, workers=1)
+    assert len(check.shapes) == 40 and check.image_shape() == (32, 32, 3)
+    assert not check.reencode  # plain RGB JPEGs are stored as they are
+    assert 0.3 < np.mean(check.mean_std()[0]) < 0.7
     assert sum(1 for p in files if p.startswith('train/') or '/train/' in p) == 50_000
