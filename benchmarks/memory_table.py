@@ -46,7 +46,8 @@ def config_row(name: str) -> dict:
     batch = config.batch_size
     temp_at_batch = fixed_temp + per_example * batch
     num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
-    dataset_bytes = TRAIN_EXAMPLES[config.dataset] * (int(np.prod(shape)) + 4)  # uint8 + int32 label
+    streamed = config.input.kind == 'streaming'  # read from disk: no data set on the device
+    dataset_bytes = 0 if streamed else TRAIN_EXAMPLES[config.dataset] * (int(np.prod(shape)) + 4)
     resident = at_small['state'] + dataset_bytes
     fits = {}
     for gb in MEMORIES_GB:
@@ -55,6 +56,7 @@ def config_row(name: str) -> dict:
     return {'config': name, 'params': at_small['num_params'], 'params_bytes': at_small['params'], 'opt_state_bytes': at_small['opt_state'],
             'batch': batch, 'activation_bytes_at_batch': int(temp_at_batch),
             'activation_bytes_per_example': int(per_example), 'dataset_bytes': dataset_bytes,
+            'streamed': streamed,
             'max_batch_per_device': fits}
 
 
@@ -72,7 +74,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f'| `{r["config"]}` | {r["params"]:,} | {_mb(r["params_bytes"])} | '
                      f'{_mb(r["opt_state_bytes"])} | {_mb(r["activation_bytes_at_batch"])} '
                      f'(batch {r["batch"]}) | {r["activation_bytes_per_example"] / 2**20:.1f} MB | '
-                     f'{_mb(r["dataset_bytes"])} | {fits} |')
+                     f'{"streamed" if r.get("streamed") else _mb(r["dataset_bytes"])} | {fits} |')
     return '\n'.join(lines)
 
 

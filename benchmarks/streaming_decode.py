@@ -24,7 +24,6 @@ with medians and the ratios jaxres/torchvision and jaxres/tf.data.
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os

@@ -46,12 +46,20 @@ def shaped_dataset(config: ml_collections.ConfigDict, num_train: int, num_eval: 
 
 @dataclasses.dataclass
 class StepInputs:
-    """A trainer and abstract (shape, dtype, sharding) arguments of its steps."""
+    """A trainer and abstract (shape, dtype, sharding) arguments of its steps.
+
+    ``args`` are the train step's arguments after the state: (data, order) for
+    resident input, (batch,) for streaming; ``eval_batch`` the evaluator's batch.
+    """
 
     trainer: train.Trainer
     state: Any
-    data: input_pipeline.DeviceData
-    order: jax.ShapeDtypeStruct
+    args: tuple
+    eval_batch: dict[str, jax.ShapeDtypeStruct]
+
+    @property
+    def step_fn(self):
+        return self.trainer.step_fn(self.trainer.config.input.kind)
 
 
 def _abstract(tree: Any) -> Any:
@@ -59,22 +67,45 @@ def _abstract(tree: Any) -> Any:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _batch(shape: tuple[int, ...], keys: tuple[str, ...], mesh: jax.sharding.Mesh
+           ) -> dict[str, jax.ShapeDtypeStruct]:
+    spec = sharding.batch_sharded(mesh)
+    dtypes = {'image': jnp.uint8, 'label': jnp.int32, 'index': jnp.int32, 'mask': jnp.bool_}
+    return {k: jax.ShapeDtypeStruct(shape if k == 'image' else shape[:1], dtypes[k],
+                                    sharding=spec) for k in keys}
+
+
 def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str,
                 num_train: int | None = None) -> StepInputs:
     """The trainer ``platform`` would build, with abstract arguments for its steps.
 
     ``num_train`` (default: two global batches) only sets the training set's
-    size; the step's shapes do not depend on it.
+    size; the step's shapes do not depend on it.  A streaming config's steps
+    take read batches: nothing of the data set's size is allocated.
     """
     n = num_train or 2 * config.batch_size
-    ds = shaped_dataset(config, n, sharding.round_up_to_devices(config.eval_batch_size,
-                                                                mesh.size))
+    eval_size = sharding.round_up_to_devices(config.eval_batch_size, mesh.size)
+    if config.input.kind == 'streaming':
+        num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
+        info = datasets.DataInfo(config.dataset, n, eval_size,
+                                 tuple(str(i) for i in range(num_classes)), shape)
+        trainer = train.Trainer.build(config, info, mesh, platform=platform)
+        image = trainer.image_shape
+        return StepInputs(
+            trainer, trainer.abstract_state(),
+            (_batch((config.batch_size,) + image, ('image', 'label', 'index'), mesh),),
+            _batch((eval_size,) + image, ('image', 'label', 'mask'), mesh))
+    ds = shaped_dataset(config, n, eval_size)
     trainer = train.Trainer.build(config, ds, mesh, platform=platform)
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
                                     packed=trainer.choices.packed_pixels)
     order = jax.ShapeDtypeStruct((trainer.steps_per_epoch, config.batch_size), jnp.int32,
                                  sharding=sharding.replicated(mesh))
-    return StepInputs(trainer, trainer.abstract_state(), _abstract(data), order)
+    eval_batch = {k: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
+                                          sharding=sharding.batch_sharded(mesh))
+                  for k, x in (('image', data.eval_images), ('label', data.eval_labels),
+                               ('mask', data.eval_mask))}
+    return StepInputs(trainer, trainer.abstract_state(), (_abstract(data), order), eval_batch)
 
 
 def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -83,16 +114,12 @@ def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     if 'cpu' in platforms:
         raise ValueError('export_steps is for accelerators; the CPU makes other choices.')
     inputs = step_inputs(config, mesh, platforms[0])
-    t = inputs.trainer
-    variables = {'params': inputs.state.params, 'batch_stats': inputs.state.batch_stats}
-    batch = {k: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding.batch_sharded(mesh))
-             for k, x in (('image', inputs.data.eval_images), ('label', inputs.data.eval_labels),
-                          ('mask', inputs.data.eval_mask))}
+    state = inputs.state
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
     return {
-        'train_step': export.export(t.train_step_fn, platforms=platforms)(
-            inputs.state, inputs.data, inputs.order),
-        'eval_step': export.export(t.evaluator.sums_fn, platforms=platforms)(
-            variables, None, batch),
+        'train_step': export.export(inputs.step_fn, platforms=platforms)(state, *inputs.args),
+        'eval_step': export.export(inputs.trainer.evaluator.sums_fn, platforms=platforms)(
+            variables, None, inputs.eval_batch),
     }
 
 
@@ -118,8 +145,7 @@ def step_memory(config: ml_collections.ConfigDict, batch_per_device: int,
         config.eval_batch_size = batch_per_device
     mesh = sharding.make_data_mesh(jax.devices()[:1])
     inputs = step_inputs(config, mesh, platform, num_train=batch_per_device)
-    compiled = inputs.trainer.train_step_fn.lower(inputs.state, inputs.data,
-                                                  inputs.order).compile()
+    compiled = inputs.step_fn.lower(inputs.state, *inputs.args).compile()
     analysis = compiled.memory_analysis()
     nbytes = lambda tree: sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
                               for x in jax.tree_util.tree_leaves(tree))

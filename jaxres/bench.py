@@ -36,7 +36,6 @@ if __name__ == '__main__':  # before JAX and TensorFlow are imported
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxres import input_pipeline, models, sharding, train
 

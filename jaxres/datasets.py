@@ -22,9 +22,11 @@ import ml_collections
 import numpy as np
 
 
-# (classes, image shape) of the data sets whose shapes are known without reading them.
-KNOWN_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
-    'cifar10': (10, (32, 32, 3)), 'cifar100': (100, (32, 32, 3)), 'digits': (10, (8, 8, 1))}
+# (classes, image shape) of the data sets whose shapes are known without reading them
+# (None: the size varies between images).
+KNOWN_SHAPES: dict[str, tuple[int, tuple[int | None, int | None, int]]] = {
+    'cifar10': (10, (32, 32, 3)), 'cifar100': (100, (32, 32, 3)), 'digits': (10, (8, 8, 1)),
+    'imagenet': (1000, (None, None, 3))}
 
 
 class DataError(ValueError):
@@ -241,23 +243,26 @@ def load_tfds(name: str, train_split: str, eval_split: str, data_dir: str | None
                         f'{features["image"].shape}), which cannot be loaded whole into '
                         'memory: train on it with --config.input.kind=streaming.')
 
-    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
-        known = builder.info.splits
-        if known and split.split('[')[0] not in known:
-            raise DataError(f'dataset {name!r} has no split {split!r}; it has '
-                            f'{sorted(builder.info.splits)}.')
-        if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
-            return _read_array_record(builder, name, split)  # no tf.data for ArrayRecord
-        batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096,
-                                                        shuffle_files=False)))
-        if not batches:
-            raise DataError(f'split {split!r} of dataset {name!r} is empty.')
-        return (np.concatenate([b['image'] for b in batches]),
-                np.concatenate([b['label'] for b in batches]))
-
-    x_train, y_train = read(train_split)
-    x_eval, y_eval = read(eval_split)
+    x_train, y_train = read_split(builder, name, train_split)
+    x_eval, y_eval = read_split(builder, name, eval_split)
     return ImageDataset.from_arrays(x_train, y_train, x_eval, y_eval, features['label'].names)
+
+
+def read_split(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split of a prepared TFDS builder, whole, as uint8 images and labels."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    known = builder.info.splits
+    if known and split.split('[')[0] not in known:
+        raise DataError(f'dataset {name!r} has no split {split!r}; it has '
+                        f'{sorted(builder.info.splits)}.')
+    if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+        return _read_array_record(builder, name, split)  # no tf.data for ArrayRecord
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096,
+                                                    shuffle_files=False)))
+    if not batches:
+        raise DataError(f'split {split!r} of dataset {name!r} is empty.')
+    return (np.concatenate([b['image'] for b in batches]),
+            np.concatenate([b['label'] for b in batches]))
 
 
 def _read_array_record(builder, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +327,8 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _tfds_builder(config: ml_collections.ConfigDict):
+def tfds_builder(config: ml_collections.ConfigDict):
+    """The prepared TFDS builder of ``config.dataset`` (downloads where allowed)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or None
     try:
@@ -351,7 +357,7 @@ def describe(config: ml_collections.ConfigDict) -> DataInfo:
     """The ``DataInfo`` of ``config.dataset``: TFDS metadata only, no image is read."""
     if config.dataset in ('digits', 'synthetic'):
         return load_dataset(config).info(config.dataset)
-    builder = _tfds_builder(config)
+    builder = tfds_builder(config)
     info = builder.info
     eval_split = eval_split_of(config, list(info.splits))
     for split in (config.train_split, eval_split):
@@ -400,7 +406,15 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
                         "--config.validation_size=0 (and --config.eval_split='validation' "
                         'if the data set has one).')
 
+    builder = tfds_builder(config)
+
     def source(split):
+        missing = [str(p) for p in builder.info.splits[split.split('[')[0]].filepaths
+                   if not p.exists()]
+        if missing:
+            raise DataError(f'{len(missing)} file(s) of dataset {config.dataset!r} split '
+                            f'{split!r} are missing, e.g. {missing[0]}. Copy them back or '
+                            're-run python -m jaxres.prepare_data.')
         try:
             return tfds.data_source(config.dataset, split=split, data_dir=data_dir,
                                     decoders={'image': tfds.decode.SkipDecoding()})

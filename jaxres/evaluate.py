@@ -13,10 +13,11 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from jaxres import input_pipeline, sharding
+from jaxres import checkpointing, input_pipeline, sharding
 
 Array = jax.Array
 
@@ -91,6 +92,23 @@ def summarize(sums: dict[str, Any], class_names: tuple[str, ...] | None = None
                                for i, a in enumerate(per_class)},
         'confusion_matrix': confusion.astype(int).tolist(),
     }
+
+
+def with_saved_normalization(config: ml_collections.ConfigDict, meta: dict
+                             ) -> ml_collections.ConfigDict:
+    """``config`` with the checkpoint's mean/std when the config leaves them to the data
+    (``data.mean=()``): a model is evaluated as it was trained."""
+    if tuple(config.data.mean):
+        return config
+    saved = (meta.get('config') or {}).get('data') or {}
+    if not saved.get('mean'):
+        raise checkpointing.CheckpointError(
+            'config.data.mean is empty (= from the data) and the checkpoint records none: '
+            'pass the --config.data.mean/std it was trained with.')
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.mean, config.data.std = tuple(saved['mean']), tuple(saved['std'])
+    return config
 
 
 class Evaluator:

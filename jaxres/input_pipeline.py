@@ -161,9 +161,13 @@ class ResidentInput:
 
 def eval_batches(data: DeviceData) -> Iterator[dict[str, Array]]:
     """The resident eval set as global batches ``{'image', 'label', 'mask'}``."""
-    for i in range(data.eval_labels.shape[0]):
-        yield {'image': data.eval_images[i], 'label': data.eval_labels[i],
-               'mask': data.eval_mask[i]}
+    return unstack_batches(data.eval_images, data.eval_labels, data.eval_mask)
+
+
+def unstack_batches(images: Array, labels: Array, mask: Array) -> Iterator[dict[str, Array]]:
+    """Stacked (num_batches, batch, ...) arrays as one batch dict at a time."""
+    for i in range(labels.shape[0]):
+        yield {'image': images[i], 'label': labels[i], 'mask': mask[i]}
 
 
 def pad_eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
@@ -213,6 +217,17 @@ def stored_padding(aug: Augmentation | None) -> int:
     return aug.crop_padding if aug is not None and aug.ops()[:1] == ('crop',) else 0
 
 
+def place_eval_batches(images: np.ndarray, labels: np.ndarray, mesh: Mesh, batch_size: int
+                       ) -> tuple[Array, Array, Array]:
+    """(num_batches, batch, ...) images, labels and mask on the mesh, sharded on the batch
+    axis; the batch rounded up to a multiple of the device count (padded, masked)."""
+    spec = NamedSharding(mesh, P(None, 'data'))
+    ex, ey, em = pad_eval_batches(images, labels,
+                                  sharding.round_up_to_devices(batch_size, mesh.size))
+    return (_global_array(ex, spec), _global_array(ey.astype(np.int32), spec),
+            _global_array(em, spec))
+
+
 def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
               aug: Augmentation | None = None, with_train: bool = True,
               packed: bool = True) -> DeviceData:
@@ -227,9 +242,7 @@ def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
     its arrays are empty.
     """
     replicated = NamedSharding(mesh, P())
-    eval_sharding = NamedSharding(mesh, P(None, 'data'))
-    ex, ey, em = pad_eval_batches(ds.eval_images, ds.eval_labels,
-                                  sharding.round_up_to_devices(eval_batch_size, mesh.size))
+    ex, ey, em = place_eval_batches(ds.eval_images, ds.eval_labels, mesh, eval_batch_size)
     padding = stored_padding(aug) if packed else 0
     mode = aug.padding_mode if aug is not None and packed else 'constant'
     keep = slice(None) if with_train else slice(0)
@@ -238,9 +251,7 @@ def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
         train_images=_global_array(
             pack_pixels(train_images, padding, mode) if packed else train_images, replicated),
         train_labels=_global_array(ds.train_labels[keep].astype(np.int32), replicated),
-        eval_images=_global_array(ex, eval_sharding),
-        eval_labels=_global_array(ey.astype(np.int32), eval_sharding),
-        eval_mask=_global_array(em, eval_sharding),
+        eval_images=ex, eval_labels=ey, eval_mask=em,
         channels=ds.train_images.shape[-1], train_padding=padding, padding_mode=mode,
         packed=packed,
     )

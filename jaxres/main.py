@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Iterator
 
 import jax
 import ml_collections
 
-from jaxres import checkpointing, config_validation, console, datasets, input_pipeline
-from jaxres import sharding
-from jaxres import summary, train
+from jaxres import backend, checkpointing, config_validation, console, datasets, evaluate
+from jaxres import input_pipeline, models, sharding, streaming, summary, train
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
@@ -25,8 +25,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
     ``eval.checkpoint`` is 'latest', 'best', a step, or a path to a workdir, a
     checkpoints directory (or one step directory inside it) copied from another
-    machine; it restores onto whatever devices this machine has.
+    machine; it restores onto whatever devices this machine has.  Only the
+    model's variables are read (no optimizer state) and only the eval split.
     """
+    from jaxres import predict  # pylint: disable=g-import-not-at-top
     config_validation.validate(config)
     split = config.eval.split or ('validation' if config.validation_size > 0
                                   else config.eval_split)
@@ -40,20 +42,54 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             if split != 'validation':  # a stored split: the whole test set, say
                 config.eval_split = split
                 config.validation_size = 0
-    ds = datasets.load_dataset(config)
-    mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, ds, mesh)
     manager, step = checkpointing.open_checkpoint(config.eval.checkpoint, workdir,
                                                   config.checkpoint.best_metric)
-    directory = str(manager.directory)
-    state = checkpointing.restore_state(manager, step, trainer.abstract_state())
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, with_train=False)
-    results = dict(trainer.evaluate(state, data), step=int(step), split=split,
-                   checkpoint=os.path.join(directory, str(step)))
+    config = evaluate.with_saved_normalization(config, checkpointing.read_meta(manager, step))
+    mesh = sharding.make_data_mesh()
+    batches, class_names, image_shape, split = eval_batches(config, mesh)
+    restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
+    num_classes = int(restored['params']['head']['kernel'].shape[-1])
+    choices = backend.choose(config)
+    dtype = models.compute_dtype(config.dtype)
+    model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
+    variables = predict.variables_for(model, restored,
+                                      models.input_shape(image_shape, config.data.image_size))
+    evaluator = evaluate.Evaluator(
+        model.apply, mesh, input_pipeline.Augmentation.from_config(config), dtype,
+        tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate),
+        class_names=class_names)
+    results = dict(evaluator.evaluate(variables, batches), step=int(step), split=split,
+                   checkpoint=os.path.join(str(manager.directory), str(step)))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         train.write_json(os.path.join(workdir, 'eval_results.json'), results)
     return results
+
+
+def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                 ) -> tuple[Iterator[dict], tuple[str, ...], tuple, str]:
+    """(global eval batches, class names, stored image shape, split name), reading the
+    eval split only: streamed from ArrayRecord files, else placed whole."""
+    builder = None
+    if config.validation_size <= 0 and config.dataset not in ('digits', 'synthetic'):
+        try:
+            builder = datasets.tfds_builder(config)
+        except datasets.DataError:
+            pass  # load_dataset says why (or knows arrays a library user registered)
+    if builder is None:  # in memory, or the held-out part of a training set
+        ds = datasets.load_dataset(config)
+        split = 'validation' if config.validation_size > 0 else config.eval_split
+        batches = input_pipeline.place_eval_batches(ds.eval_images, ds.eval_labels, mesh,
+                                                    config.eval_batch_size)
+        return input_pipeline.unstack_batches(*batches), ds.class_names, ds.image_shape, split
+    info = datasets.describe(config)
+    if builder.info.file_format.value == 'array_record':
+        source = datasets.open_sources(config, info)[1]
+        return (streaming.eval_batches(config, info, mesh, source), info.class_names,
+                info.image_shape, info.eval_split)
+    images, labels = datasets.read_split(builder, config.dataset, info.eval_split)
+    batches = input_pipeline.place_eval_batches(images, labels, mesh, config.eval_batch_size)
+    return input_pipeline.unstack_batches(*batches), info.class_names, info.image_shape, info.eval_split
 
 
 def summarize(config: ml_collections.ConfigDict) -> str:

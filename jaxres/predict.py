@@ -285,24 +285,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     shape = models.input_shape(images.shape[1:], config.data.image_size)
     variables = variables_for(model, restored, shape)
     evaluator = evaluate.Evaluator(
-        model.apply, mesh, input_pipeline.Augmentation.from_config(normalization_of(config, meta)),
+        model.apply, mesh, input_pipeline.Augmentation.from_config(
+            evaluate.with_saved_normalization(config, meta)),
         dtype, tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate))
     probs = evaluator.predict(variables, image_batches(images, mesh, config.eval_batch_size))
     return probs, class_names_for(meta, config, num_classes), step
-
-
-def normalization_of(config: ml_collections.ConfigDict, meta: dict) -> ml_collections.ConfigDict:
-    """``config`` with the checkpoint's mean/std when the config leaves them to the data."""
-    if tuple(config.data.mean):
-        return config
-    saved = (meta.get('config') or {}).get('data') or {}
-    if not saved.get('mean'):
-        raise PredictError('config.data.mean is empty (= from the data) and the checkpoint '
-                           'records none: pass the --config.data.mean/std it was trained with.')
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.data.mean, config.data.std = tuple(saved['mean']), tuple(saved['std'])
-    return config
 
 
 def predict_to_file(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -107,6 +107,14 @@ class HostOps:
         return host_transforms.decode(data, self.channels)
 
 
+def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
+    """The first ``n`` records' images, decoded (uint8 NHWC; one size assumed)."""
+    from jaxres import host_transforms  # pylint: disable=g-import-not-at-top
+    images = [source[i]['image'] for i in range(min(n, len(source)))]
+    return np.stack([im if isinstance(im, np.ndarray) else host_transforms.decode(im, channels)
+                     for im in images])
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     buf = io.BytesIO()
@@ -182,8 +190,9 @@ def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetI
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """This process's rows of a global batch -> arrays sharded over the ``data`` axis."""
     spec = sharding.batch_sharded(mesh)
-    return {k: jax.make_array_from_process_local_data(spec, np.asarray(v))
-            for k, v in batch.items()}
+    with jax.transfer_guard('allow'):  # the loop's one deliberate host-to-device copy
+        return {k: jax.make_array_from_process_local_data(spec, np.asarray(v))
+                for k, v in batch.items()}
 
 
 def jit_augmentation(aug: input_pipeline.Augmentation) -> input_pipeline.Augmentation:
@@ -213,7 +222,6 @@ class StreamingInput:
         self.train_ops = HostOps(train=True, random_resized_crop=d.random_resized_crop,
                                  crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                                  **common)
-        self.eval_ops = HostOps(train=False, eval_resize=d.eval_resize, **common)
         self.train_source, self.eval_source = datasets.open_sources(config, info, ds)
         self.train_batches = train_dataset(
             self.train_source, seed=config.seed, batch_size=config.batch_size,
@@ -248,7 +256,20 @@ class StreamingInput:
 
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, jax.Array]]:
         """Every eval example once, as global batches with a mask."""
-        batch_size = sharding.round_up_to_devices(batch_size, self.mesh.size)
-        ds = eval_dataset(self.eval_source, batch_size=batch_size, host_ops=self.eval_ops)
-        for batch in self._iterate(ds):
-            yield to_global({k: batch[k] for k in ('image', 'label', 'mask')}, self.mesh)
+        return eval_batches(self.config, self.info, self.mesh, self.eval_source, batch_size)
+
+
+def eval_batches(config: ml_collections.ConfigDict, info: datasets.DataInfo,
+                 mesh: jax.sharding.Mesh, source: Sequence, batch_size: int = 0
+                 ) -> Iterator[dict[str, jax.Array]]:
+    """Every example of ``source`` once, prepared for evaluation, as global batches
+    ``{'image', 'label', 'mask'}`` (the last one padded; ``config.eval_batch_size``
+    rounded up to a multiple of the device count by default)."""
+    d = config.data
+    shape = info.model_image_shape(d.image_size)
+    ops = HostOps(train=False, channels=shape[-1], out_shape=shape, image_size=d.image_size,
+                  eval_resize=d.eval_resize, seed=config.seed)
+    size = sharding.round_up_to_devices(batch_size or config.eval_batch_size, mesh.size)
+    ds = eval_dataset(source, batch_size=size, host_ops=ops)
+    for batch in iterate(ds, config.input.workers, config.input.prefetch):
+        yield to_global({k: batch[k] for k in ('image', 'label', 'mask')}, mesh)

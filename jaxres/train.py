@@ -19,7 +19,6 @@ import signal
 import time
 from typing import Any, Callable, Iterable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -207,15 +206,17 @@ class Trainer:
     @classmethod
     def build(cls, config: ml_collections.ConfigDict,
               data: datasets.DataInfo | datasets.ImageDataset, mesh: jax.sharding.Mesh,
-              platform: str | None = None) -> 'Trainer':
+              platform: str | None = None, sample_images: np.ndarray | None = None
+              ) -> 'Trainer':
         """Everything but the data's placement, from the config and the data set's
         ``DataInfo`` (an ``ImageDataset`` in memory also serves, and gives the
         'whiten' stem its sample).  The trainer's config has ``data.mean``/``std``
         resolved (from the data when empty).  ``platform`` (default: the mesh's)
         picks the backend's lowerings (``backend.choose``); 'cuda' or 'tpu' on a
-        CPU mesh is for exporting."""
-        images = data.train_images if isinstance(data, datasets.ImageDataset) else None
-        info = data.info(config.dataset) if images is not None else data
+        CPU mesh is for exporting.  ``sample_images`` (the first training images)
+        stand in for an ``ImageDataset``'s when the data is streamed."""
+        images = data.train_images if isinstance(data, datasets.ImageDataset) else sample_images
+        info = data.info(config.dataset) if isinstance(data, datasets.ImageDataset) else data
         config = datasets.resolve_normalization(config, info, images)
         config_validation.validate_for_data(config, info, mesh.size)
         choices = backend.choose(config, platform or mesh.devices.flat[0].platform)
@@ -229,8 +230,8 @@ class Trainer:
         if config.model.stem == 'whiten':
             if images is None:
                 raise config_validation.ConfigError(
-                    "model.stem='whiten' computes its kernel from training images in memory: "
-                    'use --config.input.kind=resident.')
+                    "model.stem='whiten' computes its kernel from the first training images: "
+                    'pass them (sample_images) or use --config.input.kind=resident.')
             sample = input_pipeline.normalize(images[:config.model.whiten_samples], aug)
             stem_kernel = np.asarray(models.whitening_kernel(sample, config.model.whiten_kernel))
         return cls(config=config, mesh=mesh, stem_kernel=stem_kernel, choices=choices,
@@ -547,10 +548,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 'directory.') from None
     mesh = sharding.make_data_mesh()
     info = ds.info(config.dataset) if ds is not None else datasets.describe(config)
-    kind = datasets.choose_input_kind(config, info, mesh.devices.flat[0])
+    kind = datasets.choose_input_kind(config, info, jax.local_devices()[0])
     if kind == 'resident' and ds is None:
         ds = datasets.load_dataset(config)
-    trainer = Trainer.build(config, ds if ds is not None else info, mesh)
+    sample = None
+    if ds is None and config.model.stem == 'whiten':  # streamed: read the first images
+        sample = streaming.first_images(datasets.open_sources(config, info)[0],
+                                        config.model.whiten_samples, info.channels)
+    trainer = Trainer.build(config, ds if ds is not None else info, mesh,
+                            sample_images=sample)
     config = cfg = trainer.config  # data.mean/std resolved
     if is_main:
         write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))

@@ -1,7 +1,10 @@
 """Shared test setup: 8 fake CPU devices, the repo root on sys.path, tiny configs."""
 
+import functools
+import io
 import os
 import sys
+import tarfile
 
 # Must happen before JAX initialises its backends: every test then runs the
 # sharded code paths on 8 devices, as on an 8-GPU machine.
@@ -66,3 +69,45 @@ def tiny():
 @pytest.fixture
 def small_ds():
     return random_dataset()
+
+
+@functools.lru_cache(maxsize=None)
+def read_cifar_jpegs(train_per_class: int, test_per_class: int) -> dict:
+    """{(split, class): [JPEG bytes]}: the first files per class of the shared archive."""
+    wanted = {'train': train_per_class, 'test': test_per_class}
+    found = {}
+    with tarfile.open(SHARED_DATA, 'r|gz') as tar:
+        for m in tar:
+            parts = m.name.lstrip('./').split('/')
+            if m.isfile() and len(parts) == 3 and parts[0] in wanted:
+                got = found.setdefault((parts[0], parts[1]), [])
+                if len(got) < wanted[parts[0]]:
+                    got.append(tar.extractfile(m).read())
+            if len(found) == 20 and all(len(v) == wanted[k[0]] for k, v in found.items()):
+                break
+    return found
+
+
+def imagenet_tree(root, jpegs, seed=0):
+    """train/<class>/*.JPEG and a flat val/ of JPEGs resized to 64-320 px, with
+    Kaggle's LOC_val_solution.csv; returns {val file stem: class}."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(seed)
+    val_labels = {}
+    for (split, cls), images in sorted(jpegs.items()):
+        for i, data in enumerate(images):
+            w, h = rng.integers(64, 321, 2)
+            im = Image.open(io.BytesIO(data)).resize((int(w), int(h)))
+            if split == 'train':
+                (root / 'train' / cls).mkdir(parents=True, exist_ok=True)
+                im.save(root / 'train' / cls / f'{cls}_{i}.JPEG', quality=90)
+            else:
+                stem = f'ILSVRC2012_val_{len(val_labels) + 1:08d}'
+                (root / 'val').mkdir(parents=True, exist_ok=True)
+                im.save(root / 'val' / f'{stem}.JPEG', quality=90)
+                val_labels[stem] = cls
+    with open(root / 'LOC_val_solution.csv', 'w') as f:
+        f.write('ImageId,PredictionString\n')
+        for stem, cls in val_labels.items():
+            f.write(f'{stem},{cls} 12 34 200 180 {cls} 1 2 3 4\n')
+    return val_labels

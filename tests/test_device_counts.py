@@ -32,7 +32,7 @@ import pytest
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxres import datasets, input_pipeline, models, sharding, train  # noqa: E402
+from jaxres import datasets, input_pipeline, models, sharding, streaming, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -56,20 +56,32 @@ def small_model(name: str):
     return config
 
 
-def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
-    """Two train steps and a full evaluation of ``name`` on ``mesh``."""
-    config = small_model(name)
+def synthetic_for(config) -> datasets.ImageDataset:
+    """Generated data of the config's class count and image shape (64 px where the
+    data set's images vary in size: the config crops them)."""
     num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
-    ds = datasets.load_synthetic(max(2 * config.batch_size, 10 * num_classes), NUM_EVAL, shape[0],
-                                 num_classes)
+    return datasets.load_synthetic(max(2 * config.batch_size, 10 * num_classes), NUM_EVAL,
+                                   shape[0] or 64, num_classes)
+
+
+def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
+    """Two train steps and a full evaluation of ``name`` on ``mesh``, with the
+    config's own input kind (streamed configs stream the generated data)."""
+    config = small_model(name)
+    ds = synthetic_for(config)
     trainer = train.Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                    packed=trainer.choices.packed_pixels)
+    if config.input.kind == 'streaming':
+        feed = streaming.StreamingInput(trainer.config, ds.info(), mesh,
+                                        trainer.steps_per_epoch, 2, ds)
+    else:
+        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
+                                        packed=trainer.choices.packed_pixels)
+        feed = input_pipeline.ResidentInput(data, trainer.epoch_order_fn,
+                                            trainer.steps_per_epoch)
     state = trainer.init_state()
-    order = trainer.epoch_order_fn(state.step)
-    for _ in range(2):
-        state, metrics = trainer.train_step_fn(state, data, order)
-    results = trainer.evaluate(state, data)
+    for step in range(2):
+        state, metrics = trainer.step_fn(feed.kind)(state, *feed.step_args(step, state))
+    results = trainer.evaluate(state, feed.eval_batches(config.eval_batch_size))
     return {'loss': float(jax.device_get(metrics['loss'])), 'eval_count': results['num_examples'],
             'eval_loss': results['loss']}
 
@@ -95,9 +107,7 @@ def test_speedrun_runs_on_device_count(devices):
 def test_config_builds_and_splits_its_batches(name, devices):
     config = small_model(name)
     mesh = sharding.make_data_mesh(jax.devices()[:devices])
-    num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
-    ds = datasets.load_synthetic(max(2 * config.batch_size, 10 * num_classes), NUM_EVAL,
-                                 shape[0], num_classes)
+    ds = synthetic_for(config)
     trainer = train.Trainer.build(config, ds, mesh)  # refuses a batch that does not split
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
                                     packed=trainer.choices.packed_pixels)

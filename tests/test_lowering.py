@@ -43,9 +43,11 @@ def test_steps_export_for_cuda_and_tpu(name, dtype):
         text = exp.mlir_module()
         assert 'stablehlo.convolution' in text, f'{which}: convolutions are not XLA convolutions'
         assert 'callback' not in text, which
-    # The training set goes in as uint8 images (N, H, W, C), not CPU pixel words:
-    # the arguments are (state..., train_images, train_labels, eval x3, order).
-    train_images = exported['train_step'].in_avals[-6]
+    # The images go in as uint8 (N, H, W, C), not CPU pixel words: the arguments
+    # are (state..., train_images, train_labels, eval x3, order) for resident
+    # input, (state..., batch image, index, label) for streaming.
+    streamed = importlib.import_module(f'configs.{name}').get_config().input.kind == 'streaming'
+    train_images = exported['train_step'].in_avals[-3 if streamed else -6]
     assert train_images.dtype == jnp.uint8 and train_images.ndim == 4
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from jaxres import datasets, prepare_data, safe_io
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, imagenet_tree, read_cifar_jpegs
 
 needs_shared = pytest.mark.skipif(not os.path.exists(SHARED_DATA),
                                   reason='../shared/data/cifar10-jpeg.tar.gz not present')
@@ -176,48 +176,13 @@ def test_grayscale_and_alpha_images_decode_as_stored(tmp_path):
 @pytest.fixture(scope='module')
 def cifar_jpegs():
     """{(split, class): [JPEG bytes]}: the first 4 train and 2 test files per class."""
-    wanted = {'train': 4, 'test': 2}
-    found = {}
-    with tarfile.open(SHARED_DATA, 'r|gz') as tar:
-        for m in tar:
-            parts = m.name.lstrip('./').split('/')
-            if m.isfile() and len(parts) == 3 and parts[0] in wanted:
-                got = found.setdefault((parts[0], parts[1]), [])
-                if len(got) < wanted[parts[0]]:
-                    got.append(tar.extractfile(m).read())
-            if len(found) == 20 and all(len(v) == wanted[k[0]] for k, v in found.items()):
-                break
-    return found
-
-
-def _imagenet_tree(root, jpegs, seed=0):
-    """train/<class>/*.JPEG and a flat val/ of JPEGs resized to 64-320 px, with
-    Kaggle's LOC_val_solution.csv; returns {val file stem: class}."""
-    rng = np.random.default_rng(seed)
-    val_labels = {}
-    for (split, cls), images in sorted(jpegs.items()):
-        for i, data in enumerate(images):
-            w, h = rng.integers(64, 321, 2)
-            im = Image.open(io.BytesIO(data)).resize((int(w), int(h)))
-            if split == 'train':
-                (root / 'train' / cls).mkdir(parents=True, exist_ok=True)
-                im.save(root / 'train' / cls / f'{cls}_{i}.JPEG', quality=90)
-            else:
-                stem = f'ILSVRC2012_val_{len(val_labels) + 1:08d}'
-                (root / 'val').mkdir(parents=True, exist_ok=True)
-                im.save(root / 'val' / f'{stem}.JPEG', quality=90)
-                val_labels[stem] = cls
-    with open(root / 'LOC_val_solution.csv', 'w') as f:
-        f.write('ImageId,PredictionString\n')
-        for stem, cls in val_labels.items():
-            f.write(f'{stem},{cls} 12 34 200 180 {cls} 1 2 3 4\n')
-    return val_labels
+    return read_cifar_jpegs(4, 2)
 
 
 @needs_shared
 def test_imagenet_style_tree_with_flat_val(tmp_path, cifar_jpegs):
     src = tmp_path / 'imagenet_mini'
-    val_labels = _imagenet_tree(src, cifar_jpegs)
+    val_labels = imagenet_tree(src, cifar_jpegs)
     data_dir = str(tmp_path / 'tfds')
     assert prepare_data.main(['--source', str(src), '--data_dir', data_dir, '--val_labels',
                               str(src / 'LOC_val_solution.csv'), '--workers', '2']) == 0
@@ -246,7 +211,7 @@ def test_imagenet_style_tree_with_flat_val(tmp_path, cifar_jpegs):
 @needs_shared
 def test_flat_val_labels_errors_name_the_file(tmp_path, cifar_jpegs):
     src = tmp_path / 'inet'
-    val_labels = _imagenet_tree(src, cifar_jpegs)
+    val_labels = imagenet_tree(src, cifar_jpegs)
     with pytest.raises(prepare_data.DataPreparationError, match='pass --val_labels'):
         prepare_data.read_source(str(src))
     # FILENAME CLASS lines, with or without the extension, work as well.

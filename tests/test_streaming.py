@@ -2,14 +2,21 @@
 any device count, the input-kind choice and its messages."""
 
 import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from jaxres import datasets, sharding, streaming, train
+from jaxres import checkpointing, datasets, prepare_data, sharding, streaming, train
 
-from conftest import random_dataset, tiny_config
+from conftest import ROOT, SHARED_DATA, imagenet_tree, random_dataset, read_cifar_jpegs
+from conftest import tiny_config
 
 
 def _source(n=50, size=8, seed=0):
@@ -74,6 +81,7 @@ def test_grain_workers_give_the_same_batches_as_threads():
 
 
 def _train(tmp_path, name, ds, devices=None, **overrides):
+    """Trains with streaming input on ``devices`` (default all 8); (results, variables)."""
     config = tiny_config(**{'input.kind': 'streaming', 'num_epochs': 2, **overrides})
     mesh = sharding.make_data_mesh(devices)
     real = sharding.make_data_mesh
@@ -82,12 +90,7 @@ def _train(tmp_path, name, ds, devices=None, **overrides):
         results = train.train_and_evaluate(config, str(tmp_path / name), ds)
     finally:
         sharding.make_data_mesh = real
-    from jaxres import checkpointing
-    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(str(tmp_path / name)),
-                                           read_only=True)
-    trainer = train.Trainer.build(config, ds, mesh)
-    state = checkpointing.restore_state(manager, manager.latest_step(), trainer.abstract_state())
-    return results, jax.device_get((state.params, state.batch_stats))
+    return results, _variables(str(tmp_path / name))[1]
 
 
 def test_streaming_training_on_8_devices_equals_1_device(tmp_path):
@@ -101,7 +104,6 @@ def test_streaming_training_on_8_devices_equals_1_device(tmp_path):
 
 
 def test_resuming_on_a_changed_data_set_is_refused(tmp_path):
-    from jaxres import checkpointing
     _train(tmp_path, 'run', random_dataset(n_train=128), **{'num_epochs': 1})
     grown = random_dataset(n_train=160)
     config = tiny_config(**{'input.kind': 'streaming', 'num_epochs': 2})
@@ -147,3 +149,91 @@ def test_normalisation_comes_from_the_data_and_must_fit_its_channels():
         datasets.resolve_normalization(tiny_config(), info)  # CIFAR-style 3 values
     with pytest.raises(datasets.DataError, match='stores no per-channel mean/std'):
         datasets.resolve_normalization(config, dataclasses.replace(info, mean=None))
+
+
+# --------------------------------------------------------------------------- #
+# An ImageNet-style folder of real JPEGs of many sizes, through prepare_data
+# --------------------------------------------------------------------------- #
+needs_shared = pytest.mark.skipif(not os.path.exists(SHARED_DATA),
+                                  reason='the shared CIFAR-10 JPEG archive is not here')
+
+
+@pytest.fixture(scope='module')
+def imagenet_mini(tmp_path_factory):
+    """160 train and 40 val JPEGs of 64-320 px, prepared as ArrayRecord; its data dir."""
+    root = tmp_path_factory.mktemp('imagenet_mini')
+    imagenet_tree(root / 'imagenet_mini', read_cifar_jpegs(16, 4))
+    data_dir = str(root / 'tfds')
+    assert prepare_data.main(['--source', str(root / 'imagenet_mini'), '--data_dir', data_dir,
+                              '--val_labels', str(root / 'imagenet_mini' / 'LOC_val_solution.csv'),
+                              '--workers', '2']) == 0
+    return data_dir
+
+
+# The same recipe for in-process and launch.py runs: RandomResizedCrop on the host,
+# eval resize + centre crop, the data set's own mean/std (stored by prepare_data).
+MINI = {'dataset': 'imagenet_mini', 'data.image_size': 24, 'data.random_resized_crop': True,
+        'data.crop_padding': 0, 'data.eval_resize': 28, 'data.mean': (), 'data.std': (),
+        'batch_size': 32, 'eval_batch_size': 16}
+
+
+def _variables(workdir):
+    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
+    variables = checkpointing.restore_variables(manager, manager.latest_step(),
+                                                sharding.replicated(sharding.make_data_mesh()))
+    return manager.latest_step(), jax.tree_util.tree_leaves(jax.device_get(variables))
+
+
+@needs_shared
+def test_prepared_folder_streams_alike_on_8_and_1_devices(tmp_path, imagenet_mini):
+    r8, s8 = _train(tmp_path, 'eight', None, **MINI, data_dir=imagenet_mini)
+    r1, s1 = _train(tmp_path, 'one', None, devices=jax.devices()[:1], **MINI,
+                    data_dir=imagenet_mini)
+    assert r8['split'] == 'validation' and r8['num_examples'] == r1['num_examples'] == 40
+    assert r8['step'] == 10  # 2 epochs of 160 // 32
+    for a, b in zip(jax.tree_util.tree_leaves(s8), jax.tree_util.tree_leaves(s1)):
+        np.testing.assert_allclose(a, b, atol=2e-6, rtol=0)
+    with open(tmp_path / 'eight' / 'config.json') as f:  # the data set's own statistics
+        assert json.load(f)['data']['mean'] == pytest.approx(
+            datasets.describe(tiny_config(**MINI, data_dir=imagenet_mini)).mean)
+
+
+@needs_shared
+def test_two_processes_stream_like_one(tmp_path, imagenet_mini):
+    args = ['--config', 'configs/quickstart.py', f'--config.data_dir={imagenet_mini}',
+            '--config.model.stage_sizes=(1,1)', '--config.model.stem_width=8',
+            '--config.num_train_steps=4', '--config.input.workers=1']
+    args += [f'--config.{k}={v}' for k, v in MINI.items()]
+    port = socket.socket()
+    port.bind(('localhost', 0))
+    address = f'localhost:{port.getsockname()[1]}'
+    port.close()
+    env = lambda n: dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
+    run = lambda extra, n: subprocess.Popen(
+        [sys.executable, 'launch.py', *args, *extra], cwd=ROOT, env=env(n),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    two = [run(['--workdir', str(tmp_path / 'two'),
+                f'--config.distributed.coordinator_address={address}',
+                '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+                '--config.distributed.cpu_collectives=gloo'], 4) for i in range(2)]
+    one = run(['--workdir', str(tmp_path / 'one')], 8)
+    for p in two + [one]:
+        out = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, out[-3000:]
+    (step2, v2), (step1, v1) = _variables(str(tmp_path / 'two')), _variables(str(tmp_path / 'one'))
+    assert step2 == step1 == 4
+    for a, b in zip(v2, v1):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    for name in ('two', 'one'):
+        with open(tmp_path / name / 'eval_results.json') as f:
+            assert json.load(f)['num_examples'] == 40
+
+
+@needs_shared
+def test_a_missing_array_record_file_is_named(tmp_path, imagenet_mini):
+    copy = tmp_path / 'tfds'
+    shutil.copytree(imagenet_mini, copy)
+    (train_file,) = (copy / 'imagenet_mini' / '1.0.0').glob('*-train.array_record*')
+    train_file.unlink()
+    with pytest.raises(datasets.DataError, match=f'missing, e.g. {train_file}'):
+        train.train_and_evaluate(tiny_config(**MINI, data_dir=str(copy)), str(tmp_path / 'w'))
