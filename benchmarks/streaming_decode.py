@@ -144,7 +144,7 @@ def jaxres_batches(paths: list[str], args: argparse.Namespace):
     return iter(ds), lambda batch: batch
 
 
-def _torchvision_transforms():
+def torchvision_transforms():
     """torchvision.transforms, also from a CUDA wheel next to a CPU-only torch.
 
     Such a wheel's _C.so cannot load, and registering fake kernels for its
@@ -158,7 +158,8 @@ def _torchvision_transforms():
     except RuntimeError:
         for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
             del sys.modules[name]
-        sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
+        sys.modules['torchvision._meta_registrations'] = types.ModuleType(
+            'torchvision._meta_registrations')
         return importlib.import_module('torchvision.transforms')
 
 
@@ -177,7 +178,7 @@ class TorchFiles:
         from PIL import Image
 
         if self.transform is None:
-            T = _torchvision_transforms()
+            T = torchvision_transforms()
             self.transform = T.Compose([T.RandomResizedCrop(self.size), T.RandomHorizontalFlip(), T.PILToTensor()])
         return self.transform(Image.open(self.paths[i]).convert('RGB'))
 
@@ -185,7 +186,7 @@ class TorchFiles:
 def torchvision_batches(paths: list[str], args: argparse.Namespace):
     import torch
 
-    _torchvision_transforms()
+    torchvision_transforms()
     torch.manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(TorchFiles(paths, args.size), batch_size=args.batch_size,
                                          num_workers=args.workers, drop_last=True)
@@ -252,7 +253,7 @@ def profile(args: argparse.Namespace) -> None:
     for p in paths:
         with open(p, 'rb') as f:
             blobs.append(f.read())
-    T = _torchvision_transforms()
+    T = torchvision_transforms()
     tv = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.PILToTensor()])
     rng = np.random.default_rng(0)
 

@@ -182,26 +182,29 @@ def merge(target: Mapping[tuple[str, ...], Any], source: Mapping[tuple[str, ...]
 # --------------------------------------------------------------------------- #
 # Entry point used by train.train_and_evaluate
 # --------------------------------------------------------------------------- #
-def init_from(state: Any, path: str, trainer: Any) -> Any:
-    """``state`` (freshly initialised) with the weights at ``path`` loaded into it."""
+def init_from(state: Any, path: str, mesh: jax.sharding.Mesh,
+              best_metric: str = 'eval_accuracy') -> Any:
+    """``state`` (freshly initialised) with the weights at ``path`` loaded into it
+    (replicated over ``mesh``); its optimizer state starts afresh."""
     path = os.path.expanduser(str(path))
-    sources, strict = read_weights(path, trainer)
+    sources, strict = read_weights(path, mesh, best_metric)
     target = {'params': state.params, 'batch_stats': state.batch_stats or {}}
     fitted = fit_variables(target, sources, strict, path)
-    variables = {c: unflatten(_replicated(fitted[c], flatten(target[c]), trainer.mesh))
+    variables = {c: unflatten(_replicated(fitted[c], flatten(target[c]), mesh))
                  for c in fitted}
     params = variables['params']
-    opt_state = jax.jit(trainer.tx.init, out_shardings=sharding.replicated(trainer.mesh))(params)
+    opt_state = jax.jit(state.tx.init, out_shardings=sharding.replicated(mesh))(params)
     return state.replace(params=params, batch_stats=variables['batch_stats'] or state.batch_stats,
                          opt_state=opt_state)
 
 
-def read_weights(path: str, trainer: Any) -> tuple[dict[str, dict], bool]:
+def read_weights(path: str, mesh: jax.sharding.Mesh | None,
+                 best_metric: str = 'eval_accuracy') -> tuple[dict[str, dict], bool]:
     """({collection: {path: array}}, strict) from a .pth file or a jaxres checkpoint."""
     if not os.path.exists(path):
         raise FinetuneError(f'config.init_from={path} does not exist.')
     if os.path.isdir(path):
-        return _from_jaxres_checkpoint(path, trainer), False
+        return _from_jaxres_checkpoint(path, mesh, best_metric), False
     if os.path.splitext(path)[1].lower() not in TORCH_SUFFIXES:
         raise FinetuneError(f'config.init_from={path}: give a torchvision state_dict '
                             f'({"/".join(TORCH_SUFFIXES)}) or a jaxres workdir / checkpoints '
@@ -239,11 +242,10 @@ def fit_variables(target: Mapping[str, Any], sources: Mapping[str, Mapping], str
     return out
 
 
-def _from_jaxres_checkpoint(path: str, trainer: Any) -> dict[str, dict]:
-    manager, step = checkpointing.open_checkpoint(path, path,
-                                                  trainer.config.checkpoint.best_metric)
-    restored = checkpointing.restore_variables(manager, step,
-                                               sharding.replicated(trainer.mesh))
+def _from_jaxres_checkpoint(path: str, mesh: jax.sharding.Mesh, best_metric: str
+                            ) -> dict[str, dict]:
+    manager, step = checkpointing.open_checkpoint(path, path, best_metric)
+    restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
     logging.info('init_from: checkpoint step %d of %s', step, manager.directory)
     return {k: flatten(v) for k, v in restored.items()}
 

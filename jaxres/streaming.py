@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxres import datasets, input_pipeline, sharding
+from jaxres import datasets, host_transforms, input_pipeline, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,6 @@ class HostOps:
         resize = size and (self.eval_resize or not fixed or image.shape[:2] != (size, size))
         if fixed and not rrc and not resize:
             return image  # in memory, already the model's size
-        from jaxres import host_transforms  # pylint: disable=g-import-not-at-top
         data = _encode_png(image) if fixed else image
         if rrc:
             rng = np.random.default_rng([self.seed, position])
@@ -109,7 +108,6 @@ class HostOps:
 
 def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
     """The first ``n`` records' images, decoded (uint8 NHWC; one size assumed)."""
-    from jaxres import host_transforms  # pylint: disable=g-import-not-at-top
     images = [source[i]['image'] for i in range(min(n, len(source)))]
     return np.stack([im if isinstance(im, np.ndarray) else host_transforms.decode(im, channels)
                      for im in images])

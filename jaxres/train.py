@@ -1,10 +1,12 @@
-"""Train state, the pure train/eval steps, and the training loop.
+"""Train state, the pure train step, and the training loop.
 
-``train_step(state, batch) -> (state, metrics)`` and ``eval_step`` are plain
-functions; jit, shardings and buffer donation are applied in ``Trainer`` where
-they are used.  The loop runs under ``jax.transfer_guard('disallow')``: the
-only host<->device copies are the explicit ones on log, eval and checkpoint
-steps.
+``train_step(state, batch) -> (state, metrics)`` is a plain function; jit,
+shardings and buffer donation are applied in ``Trainer`` where it is used.  The
+loop asks its input (``input_pipeline.ResidentInput`` or
+``streaming.StreamingInput``) for each step's arguments and evaluation batches;
+evaluation is ``evaluate.Evaluator``'s.  It runs under
+``jax.transfer_guard('disallow')``: the only host<->device copies are the
+explicit ones (streamed batches, and log, eval and checkpoint steps).
 """
 
 from __future__ import annotations
@@ -414,8 +416,8 @@ class Preempted(SystemExit):
     """Raised after the checkpoint of a SIGTERM/SIGINT-interrupted run is written."""
 
 
-def _check_resumable(meta: dict, config: ml_collections.ConfigDict, info: datasets.DataInfo,
-                     ckpt_dir: str) -> None:
+def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str,
+                     info: datasets.DataInfo | None = None) -> None:
     """Refuses to resume a checkpoint written for a different model or data set.
 
     A key the current config no longer has is not compared: it was moved or
@@ -439,6 +441,8 @@ def _check_resumable(meta: dict, config: ml_collections.ConfigDict, info: datase
             f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
             + '. Use a new --workdir, or start from those weights on purpose with '
             f'--config.init_from={ckpt_dir} in a new workdir.')
+    if info is None:
+        return
     changed = []
     if meta.get('num_train') not in (None, info.num_train):
         changed.append(f'{meta["num_train"]} training records then, {info.num_train} now')
@@ -566,7 +570,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
     start_step, state = checkpointing.restore_latest_good(
         manager, trainer.abstract_state(),
-        check_meta=lambda meta: _check_resumable(meta, config, info, str(manager.directory)))
+        check_meta=lambda meta: _check_resumable(meta, config, str(manager.directory), info))
     if start_step is not None:
         logging.info('Resumed from step %d in %s', start_step, manager.directory)
     else:
@@ -574,7 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         start_step = 0
         if cfg.init_from:
             from jaxres import finetune  # pylint: disable=g-import-not-at-top
-            state = finetune.init_from(state, cfg.init_from, trainer)
+            state = finetune.init_from(state, cfg.init_from, mesh, cfg.checkpoint.best_metric)
     feed.start_at(start_step, manager)
 
     writer = metric_logging.create_writer(workdir)

@@ -163,7 +163,7 @@ def test_name_map_covers_torchvision_resnet50():
 def test_resnet18_state_dict_gives_the_same_logits(resnet18_pth):
     model, path = resnet18_pth
     trainer = _trainer(imagenet_config(18), placeholder_dataset(1000))
-    state = finetune.init_from(trainer.init_state(), path, trainer)
+    state = finetune.init_from(trainer.init_state(), path, trainer.mesh)
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     expected = _torch_logits(model, x)
     got = _jax_logits(state, x)
@@ -179,7 +179,7 @@ def test_resnet18_head_is_replaced_for_100_classes(resnet18_pth):
     trainer = _trainer(imagenet_config(18), placeholder_dataset(100))
     fresh = trainer.init_state()
     fresh_head = jax.device_get(fresh.params['head'])
-    state = finetune.init_from(fresh, path, trainer)
+    state = finetune.init_from(fresh, path, trainer.mesh)
     head = jax.device_get(state.params['head'])
     assert head['kernel'].shape == (512, 100)
     np.testing.assert_array_equal(head['kernel'], fresh_head['kernel'])  # kept fresh
@@ -201,7 +201,7 @@ def test_mismatched_depth_is_reported(resnet18_pth):
     _, path = resnet18_pth
     trainer = _trainer(imagenet_config(34), placeholder_dataset(1000))
     shapes = trainer.abstract_state()
-    sources, _ = finetune.read_weights(path, trainer)
+    sources, _ = finetune.read_weights(path, trainer.mesh)
     with pytest.raises(finetune.FinetuneError, match=r'does not fit config.model .*'
                        r'stage1_block3/conv1/kernel: missing from the weights'):
         finetune.fit_variables({'params': shapes.params, 'batch_stats': shapes.batch_stats},
@@ -243,7 +243,7 @@ def test_init_from_a_jaxres_checkpoint_with_another_class_count(tmp_path):
     fresh = trainer.init_state()
     assert not np.array_equal(jax.device_get(fresh.params['stem']['conv']['kernel']),
                               trained['params']['stem']['conv']['kernel'])
-    state = finetune.init_from(fresh, source, trainer)
+    state = finetune.init_from(fresh, source, trainer.mesh)
     params, stats = jax.device_get((state.params, state.batch_stats))
     assert params['head']['kernel'].shape == (16, 6)
     np.testing.assert_array_equal(params['head']['kernel'],

@@ -2,7 +2,6 @@
 
 import importlib
 import io
-import sys
 import types
 
 import numpy as np
@@ -30,19 +29,27 @@ def _smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def _torchvision_transforms():
-    """torchvision.transforms, also from a CUDA wheel next to a CPU-only torch.
-
-    Such a wheel's _C.so cannot load, and its fake-kernel registrations for the
-    missing detection ops then fail at import; the transforms do not need them.
-    """
+    """torchvision.transforms (the benchmark's import, which copes with a CUDA wheel)."""
     pytest.importorskip('torch')
-    try:
-        return importlib.import_module('torchvision.transforms')
-    except RuntimeError:
-        for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
-            del sys.modules[name]
-        sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
-        return importlib.import_module('torchvision.transforms')
+    if importlib.util.find_spec('torchvision') is None:
+        pytest.skip('torchvision is not installed (the torch extra does not need it)')
+    from benchmarks import streaming_decode  # pylint: disable=g-import-not-at-top
+    return streaming_decode.torchvision_transforms()
+
+
+@pytest.fixture
+def draft_sizes(monkeypatch):
+    """The image sizes PIL's JPEG draft() reduced to, call by call."""
+    sizes = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, 'draft', spy)
+    return sizes
 
 
 def _check_array(a: np.ndarray, shape: tuple) -> None:
@@ -182,17 +189,9 @@ def test_random_resized_crop_box_region_equals_crop_then_resize():
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 8
 
 
-def test_random_resized_crop_draft_reduces_and_stays_close(monkeypatch):
+def test_random_resized_crop_draft_reduces_and_stays_close(draft_sizes):
     data = _encode(_smooth_image(480, 640), quality=95)
-    sizes = []
-    original = JpegImagePlugin.JpegImageFile.draft
-
-    def spy(self, mode, size):
-        result = original(self, mode, size)
-        sizes.append(self.size)
-        return result
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, 'draft', spy)
+    sizes = draft_sizes
     kw = dict(size=56, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3))
     with_draft = ht.random_resized_crop(data, np.random.default_rng(3), **kw)
     # 640x480 box, 56 output: 480/8 = 60 >= 56, so libjpeg decodes at 1/8.
@@ -238,17 +237,9 @@ def test_resize_center_crop_known_pattern():
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
 
 
-def test_resize_center_crop_draft_and_grayscale(monkeypatch):
+def test_resize_center_crop_draft_and_grayscale(draft_sizes):
     data = _encode(_smooth_image(600, 800), quality=95)
-    sizes = []
-    original = JpegImagePlugin.JpegImageFile.draft
-
-    def spy(self, mode, size):
-        result = original(self, mode, size)
-        sizes.append(self.size)
-        return result
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, 'draft', spy)
+    sizes = draft_sizes
     a = ht.resize_center_crop(data, 256, 224)
     assert sizes == [(400, 300)]  # 600 / 2 = 300 >= 256; 600 / 4 < 256
     b = ht.resize_center_crop(data, 256, 224, draft=False)

@@ -240,3 +240,19 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
         np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics['loss'], (m1['loss'] + m2['loss']) / 2, rtol=1e-5)
     assert int(got.step) == 1
+
+
+def test_cadence_by_epoch_step_and_minutes():
+    cadence = train.Cadence(steps_per_epoch=10, total_steps=35, log_every_steps=4,
+                            eval_every_epochs=2, eval_every_steps=0, save_every_epochs=1,
+                            save_every_steps=7, save_every_minutes=30.0)
+    # The loop stops at every log step, epoch end, step-save and the last step.
+    events, step = [], 0
+    while step < 35:
+        step = cadence.next_event(step)
+        events.append(step)
+    assert events == [4, 7, 8, 10, 12, 14, 16, 20, 21, 24, 28, 30, 32, 35]
+    assert [s for s in events if cadence.evaluate(s)] == [20, 35]
+    assert [s for s in events if cadence.save(s, 0.0)] == [7, 10, 14, 20, 21, 28, 30, 35]
+    # By time: only at log steps, once the interval has passed.
+    assert cadence.save(12, 31.0) and not cadence.save(13, 31.0) and not cadence.save(12, 29.0)
