@@ -155,7 +155,9 @@ def as_images(x: np.ndarray, source: str) -> np.ndarray:
 
 def check_image_shape(images: np.ndarray, expected: Sequence[int] | None, source: str) -> None:
     """The images must have the (H, W, C) the model was trained on."""
-    if expected is not None and tuple(images.shape[1:]) != tuple(expected):
+    # None: a size that varied in the training data (the model crops to image_size).
+    if expected is not None and any(e is not None and e != g
+                                    for e, g in zip(expected, images.shape[1:])):
         raise PredictError(f'{source} holds images of shape {tuple(images.shape[1:])}, but the '
                            f'model was trained on {tuple(expected)} (H, W, C).')
 

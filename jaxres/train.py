@@ -591,7 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # class_names and image_shape let --mode=predict work without the data set;
         # the data set's size and classes are checked on resume.
         return {'config': json.loads(config.to_json_best_effort()), 'steps_per_epoch': spe,
-                'class_names': list(info.class_names), 'image_shape': list(trainer.image_shape),
+                'class_names': list(info.class_names), 'image_shape': list(info.image_shape),
                 'num_train': info.num_train, 'input_kind': kind,
                 'metrics': eval_metrics or {}}
 

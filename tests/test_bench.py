@@ -24,6 +24,19 @@ def test_bench_reports_every_measurement(capsys):
     assert 'input pipeline images/s' in capsys.readouterr().out
 
 
+def test_streaming_bench_reports_pipeline_loop_and_memory(capsys):
+    config = tiny_config(dataset='synthetic', batch_size=16)
+    config.synthetic.image_size = 8
+    config.synthetic.num_train = 256
+    result = bench.run_streaming_benchmark(config, steps=4)
+    for key in ('pipeline_images_per_s', 'step_s_median', 'loop_s', 'loop_overhead'):
+        assert result[key] > 0, key
+    assert result['input'] == 'streaming' and len(result['peak_rss_mb']) == 5
+    assert result['peak_rss_mb'] == sorted(result['peak_rss_mb'])  # a running peak
+    print(bench.format_streaming_table(result))
+    assert 'loop / (steps x step)' in capsys.readouterr().out
+
+
 def test_torch_reference_pipeline_runs():
     pytest.importorskip('torch')
     out = subprocess.run([sys.executable, os.path.join('benchmarks', 'torch_reference.py'),
