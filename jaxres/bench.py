@@ -213,7 +213,8 @@ def run_streaming_benchmark(config: ml_collections.ConfigDict, steps: int) -> di
         config.input.kind = 'streaming'
     info = datasets.describe(config)
     mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, info, mesh)
+    trainer = train.Trainer.build(config, info, mesh,
+                                  sample_images=streaming.stem_sample(config, info))
     total = 3 * steps + 2  # pipeline alone, then one warm-up step and the timed loop
     feed = streaming.StreamingInput(trainer.config, info, mesh, trainer.steps_per_epoch, total)
     state = trainer.init_state()

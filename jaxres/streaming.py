@@ -113,6 +113,15 @@ def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
                      for im in images])
 
 
+def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo
+                ) -> np.ndarray | None:
+    """The first training images the 'whiten' stem is computed from (else None)."""
+    if config.model.stem != 'whiten':
+        return None
+    return first_images(datasets.open_sources(config, info)[0], config.model.whiten_samples,
+                        info.channels)
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     buf = io.BytesIO()

@@ -555,12 +555,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     kind = datasets.choose_input_kind(config, info, jax.local_devices()[0])
     if kind == 'resident' and ds is None:
         ds = datasets.load_dataset(config)
-    sample = None
-    if ds is None and config.model.stem == 'whiten':  # streamed: read the first images
-        sample = streaming.first_images(datasets.open_sources(config, info)[0],
-                                        config.model.whiten_samples, info.channels)
     trainer = Trainer.build(config, ds if ds is not None else info, mesh,
-                            sample_images=sample)
+                            sample_images=None if ds is not None else
+                            streaming.stem_sample(config, info))
     config = cfg = trainer.config  # data.mean/std resolved
     if is_main:
         write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
