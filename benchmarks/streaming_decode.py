@@ -7,14 +7,18 @@
 Compares, with the same worker count and batch size, in alternating fresh
 processes (round r runs jaxres, torchvision, tf.data):
 
-* jaxres: grain ``MapDataset`` -> ``random_map`` (``host_transforms.random_resized_crop``
-  with JPEG draft decoding, numpy flip) -> ``batch`` -> ``mp_prefetch``; batches
-  are built inside the workers, so one array per batch crosses processes.
+* jaxres: grain ``MapDataset`` -> ``batch`` whose ``batch_fn`` reads the files and
+  calls ``host_transforms.random_resized_crops`` (torchvision's box; TF's
+  ``decode_and_crop_jpeg`` of the box at a DCT scale + bilinear, one TF call per
+  batch and scale) and flips in numpy -> ``mp_prefetch``; batches are built
+  inside the workers, so one array per batch crosses processes.
 * torchvision: ``DataLoader`` over PIL ``Image.open().convert('RGB')``,
   ``RandomResizedCrop(224)``, ``RandomHorizontalFlip()``, ``PILToTensor()``.
-* tf.data: the Flax ImageNet example's crop (``extract_jpeg_shape`` +
-  ``sample_distorted_bounding_box`` + ``decode_and_crop_jpeg``), ``tf.image.resize``
-  (bilinear), ``random_flip_left_right``, uint8.
+* tf.data: ``tfds.load`` of the same JPEGs written once as a TFDS data set
+  (TFRecord, bytes as they are; ``SkipDecoding``), then the Flax ImageNet
+  example's crop (``extract_jpeg_shape`` + ``sample_distorted_bounding_box`` +
+  ``decode_and_crop_jpeg``), ``tf.image.resize`` (bilinear),
+  ``random_flip_left_right``, uint8.
 
 The test images are CIFAR-10 JPEGs upscaled to ImageNet-like sizes (generated
 once under --data).  Prints the CPU, one JSON line per run, and a summary line
@@ -27,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +80,7 @@ def make_data(args: argparse.Namespace) -> list[str]:
         if info['spec'] == spec:
             return [os.path.join(args.data, p) for p in info['files']]
     os.makedirs(args.data, exist_ok=True)
+    shutil.rmtree(os.path.join(args.data, 'tfds'), ignore_errors=True)  # made from the old files
     rng = np.random.default_rng(0)
     files, sizes, nbytes = [], [], []
     with tarfile.open(args.source) as tar:
@@ -112,20 +118,24 @@ def _read(path: str) -> bytes:
 
 
 class ReadCropFlip:
-    """grain random map: file path -> RandomResizedCrop(size) uint8 HWC, flipped half the time.
+    """grain ``batch_fn``: [(index, file path)] -> uint8 (N, size, size, 3), each image
+    RandomResizedCrop'd (``host_transforms.random_resized_crops``, one call per
+    batch as in ``streaming.HostOps``) and flipped half the time.
 
-    A plain picklable callable (grain's ``random_map`` takes one), so that the
-    module need not import grain, which its spawned workers re-import.
+    A plain picklable callable, so that the module need not import grain, which
+    its spawned workers re-import.
     """
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
 
-    def __call__(self, path: str, rng: np.random.Generator) -> np.ndarray:
-        with open(path, 'rb') as f:
-            data = f.read()
-        image = host_transforms.random_resized_crop(data, rng, self.size)
-        return image[:, ::-1] if rng.random() < 0.5 else image
+    def __call__(self, items: list[tuple[int, str]]) -> np.ndarray:
+        data = [_read(path) for _, path in items]
+        rngs = [np.random.default_rng([self.seed, index]) for index, _ in items]
+        images = host_transforms.random_resized_crops(data, rngs, self.size)
+        flip = np.array([rng.random() < 0.5 for rng in rngs])
+        images[flip] = images[flip, :, ::-1]
+        return images
 
 
 def jaxres_batches(paths: list[str], args: argparse.Namespace):
@@ -135,8 +145,8 @@ def jaxres_batches(paths: list[str], args: argparse.Namespace):
     # grain reads absl flags in mp_prefetch; this script parses argparse only.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    ds = (grain.MapDataset.source(paths).seed(args.seed).random_map(ReadCropFlip(args.size))
-          .batch(args.batch_size, drop_remainder=True)
+    ds = (grain.MapDataset.source(list(enumerate(paths)))
+          .batch(args.batch_size, drop_remainder=True, batch_fn=ReadCropFlip(args.size, args.seed))
           # Each element is a whole batch: one thread per worker keeps the
           # worker count = process count, and a short buffer bounds memory.
           .to_iter_dataset(grain.ReadOptions(num_threads=args.grain_threads, prefetch_buffer_size=2))
@@ -193,16 +203,32 @@ def torchvision_batches(paths: list[str], args: argparse.Namespace):
     return iter(loader), lambda batch: batch.numpy()
 
 
+def make_tfds(paths: list[str], args: argparse.Namespace) -> str:
+    """Writes (once) the JPEGs as a TFRecord TFDS data set under --data; returns its data_dir."""
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.join(args.data, 'tfds')
+    builder_dir = os.path.join(data_dir, 'decode_bench', '1.0.0')
+    if not os.path.exists(os.path.join(builder_dir, 'dataset_info.json')):
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name='decode_bench', version='1.0.0', data_dir=data_dir, file_format='tfrecord',
+            features=tfds.features.FeaturesDict({'image': tfds.features.Image(encoding_format='jpeg')}),
+            split_datasets={'train': [(i, {'image': p}) for i, p in enumerate(paths)]},
+            disable_shuffling=True)
+    return data_dir
+
+
 def tfdata_batches(paths: list[str], args: argparse.Namespace):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import tensorflow as tf
+    import tensorflow_datasets as tfds
 
     tf.random.set_seed(args.seed)
     size = args.size
 
-    def crop(path):
+    def crop(example):
         # Flax ImageNet example, _decode_and_random_crop / distorted_bounding_box_crop.
-        data = tf.io.read_file(path)
+        data = example['image']
         shape = tf.image.extract_jpeg_shape(data)
         begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
             shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
@@ -217,7 +243,9 @@ def tfdata_batches(paths: list[str], args: argparse.Namespace):
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = args.workers
-    ds = (tf.data.Dataset.from_tensor_slices(paths).map(crop, num_parallel_calls=args.workers)
+    ds = tfds.load('decode_bench', data_dir=make_tfds(paths, args), split='train',
+                   decoders={'image': tfds.decode.SkipDecoding()})
+    ds = (ds.map(crop, num_parallel_calls=args.workers)
           .batch(args.batch_size, drop_remainder=True).prefetch(2).with_options(options))
     return iter(ds), lambda batch: batch.numpy()
 
@@ -263,8 +291,7 @@ def profile(args: argparse.Namespace) -> None:
     stages = {
         'read_file': lambda i: _read(paths[i]),
         'decode_full': lambda i: full_decode(blobs[i]),
-        'jaxres_crop_draft': lambda i: host_transforms.random_resized_crop(blobs[i], rng, args.size),
-        'jaxres_crop_no_draft': lambda i: host_transforms.random_resized_crop(blobs[i], rng, args.size, draft=False),
+        'jaxres_crop_one_by_one': lambda i: host_transforms.random_resized_crop(blobs[i], rng, args.size),
         'torchvision_decode_crop_flip': lambda i: tv(Image.open(io.BytesIO(blobs[i])).convert('RGB')),
         'np_stack_batch': lambda i: np.stack([np.zeros((args.size, args.size, 3), np.uint8)] * args.batch_size),
     }
@@ -276,6 +303,18 @@ def profile(args: argparse.Namespace) -> None:
         per = (time.perf_counter() - start) / len(blobs)
         print(json.dumps({'profile': name, 'ms_per_call': round(per * 1e3, 3),
                           'calls_per_s_one_core': round(1 / per, 1)}), flush=True)
+    # The batched call the streaming input makes (one TF call per batch and scale).
+    n = args.batch_size
+    batched = lambda k: host_transforms.random_resized_crops(  # noqa: E731
+        blobs[k:k + n], [np.random.default_rng([0, j]) for j in range(k, k + n)], args.size)
+    batched(0)
+    starts = range(0, len(blobs) - n + 1, n)
+    start = time.perf_counter()
+    for k in starts:
+        batched(k)
+    per = (time.perf_counter() - start) / (len(starts) * n)
+    print(json.dumps({'profile': 'jaxres_crop_batched', 'ms_per_call': round(per * 1e3, 3),
+                      'calls_per_s_one_core': round(1 / per, 1)}), flush=True)
 
 
 def main() -> int:
@@ -308,7 +347,7 @@ def main() -> int:
     if needed > args.num_images:
         parser.error(f'a run reads {needed} images; --num_images is {args.num_images}')
     print(json.dumps({'cpu': cpu_model(), 'cores': os.cpu_count()}), flush=True)
-    make_data(args)
+    make_tfds(make_data(args), args)
     with open(os.path.join(args.data, 'manifest.json')) as f:
         print(json.dumps({'data': args.data, **json.load(f)['stats'], 'num_images': args.num_images}), flush=True)
     if args.profile:

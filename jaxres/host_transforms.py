@@ -1,25 +1,36 @@
 """Per-image host ops for the streaming input path: encoded bytes in, uint8 HWC out.
 
-These run in grain worker processes, one encoded image at a time; everything
-per-pixel and cheap (flip, normalisation, colour jitter) is left to the device.
-The speed comes from PIL's JPEG ``draft()``: libjpeg can scale the image down
-by 1/2, 1/4 or 1/8 while decoding (in the DCT domain), so a crop that will be
-resized to 224 pixels anyway need not be decoded at full resolution.
+These run in grain worker processes; everything per-pixel and cheap (flip,
+normalisation, colour jitter) is left to the device.  Training's
+RandomResizedCrop takes a whole batch at once and decodes only what it keeps:
+JPEGs go through TensorFlow's ``decode_and_crop_jpeg`` (libjpeg skips the
+blocks outside the box) at the largest DCT-domain scale (1/2, 1/4, 1/8) that
+keeps the box >= the output size, then a bilinear resize, one compiled TF call
+per batch, as the Flax ImageNet example and big_vision decode.
+The DCT scaling is libjpeg's low-pass, so the bilinear resize that follows
+shrinks by less than 2x and needs no antialiasing.  Other formats, and the eval
+transform, use PIL (antialiased, with JPEG ``draft()``).
 
-Every function returns a C-contiguous uint8 (H, W, C) array, C = ``channels``
-(1: PIL mode 'L', 3: 'RGB'); it may be a read-only view of PIL's buffer.
+Every function returns C-contiguous uint8 (H, W, C) arrays (a batch: (N, H, W,
+C)), C = ``channels`` (1: PIL mode 'L', 3: 'RGB'); a single image may be a
+read-only view of PIL's buffer.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import multiprocessing
+import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-# libjpeg's DCT-domain scale denominators that PIL's draft() can ask for.
-_DRAFT_SCALES = (8, 4, 2)
+# libjpeg's DCT-domain scale denominators that PIL's draft() and TF's
+# decode_jpeg(ratio=) can ask for.
+_DCT_SCALES = (1, 2, 4, 8)
 
 
 def _mode(channels: int) -> str:
@@ -41,10 +52,7 @@ def _to_array(image: Image.Image) -> np.ndarray:
 
 def _draft_scale(box_w: float, box_h: float, need_w: float, need_h: float) -> int:
     """Largest DCT scale denominator that keeps a box_w x box_h region >= need."""
-    for s in _DRAFT_SCALES:
-        if box_w >= need_w * s and box_h >= need_h * s:
-            return s
-    return 1
+    return max(s for s in _DCT_SCALES if s == 1 or (box_w >= need_w * s and box_h >= need_h * s))
 
 
 def _open_reduced(data: bytes, mode: str, scale: int, draft: bool) -> tuple[Image.Image, float]:
@@ -68,6 +76,60 @@ def _open_reduced(data: bytes, mode: str, scale: int, draft: bool) -> tuple[Imag
     if image.mode != mode:
         image = image.convert(mode)
     return image, factor
+
+
+def is_jpeg(data: bytes) -> bool:
+    """Whether ``data`` starts with a JPEG's SOI marker."""
+    return data[:3] == b'\xff\xd8\xff'
+
+
+def _tensorflow() -> Any:
+    """TensorFlow, imported on first use (grain's spawned workers import it there).
+
+    In a worker process TF gets one thread: the workers are the parallelism,
+    as a torch ``DataLoader``'s workers each run one thread.
+    """
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if multiprocessing.parent_process() is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # the runtime already started in this process
+            pass
+    return tf
+
+
+@functools.lru_cache(maxsize=None)
+def _jpeg_crops(channels: int, size: int) -> Callable[..., Any]:
+    """A compiled TF function: N JPEGs, their DCT scale indices k (decoded at
+    1/``_DCT_SCALES[k]``) and N windows (top, left, h, w) in the pixels of the
+    decoded images -> the windows resized to uint8 (N, size, size, channels),
+    bilinear.
+
+    One function per (channels, size) and process, traced once (the decode's
+    ``ratio`` is an attribute of the op: one branch per scale); one call per
+    batch keeps TF's per-call cost off the per-image cost.  INTEGER_ACCURATE is
+    libjpeg's (and PIL's) default IDCT: the decoded pixels equal PIL's.
+    """
+    tf = _tensorflow()
+
+    def crop_resize(args):
+        data, scale_index, window = args
+        decoders = [functools.partial(tf.io.decode_and_crop_jpeg, data, window, channels=channels,
+                                      ratio=scale, dct_method='INTEGER_ACCURATE')
+                    for scale in _DCT_SCALES]
+        image = tf.image.resize(tf.switch_case(scale_index, decoders), (size, size), 'bilinear')
+        return tf.cast(tf.round(image), tf.uint8)
+
+    @tf.function(input_signature=(tf.TensorSpec([None], tf.string),
+                                  tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None, 4], tf.int32)))
+    def crops(data, scale_indices, windows):
+        return tf.map_fn(crop_resize, (data, scale_indices, windows),
+                         fn_output_signature=tf.TensorSpec([size, size, channels], tf.uint8))
+
+    return crops
 
 
 def decode(data: bytes, channels: int = 3) -> np.ndarray:
@@ -119,6 +181,51 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def random_resized_crops(
+    datas: Sequence[bytes],
+    rngs: Sequence[np.random.Generator],
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    channels: int = 3,
+    draft: bool = True,
+) -> np.ndarray:
+    """Decodes and random-resized-crops a batch to uint8 (N, size, size, channels).
+
+    Image i's box comes from ``rngs[i]`` and its original size (read from the
+    header; PIL opens lazily), with torchvision's sampler.  Each box is decoded
+    reduced as far as it keeps >= ``size`` pixels per side (``draft=False``
+    turns that off).  JPEGs: only the box is decoded (its window rounded to
+    whole pixels of the reduced image: its edges move by at most half a pixel
+    of that image, under 1/448 of the box), then resized bilinearly; other formats:
+    PIL resizes the box (antialiased; its outermost output pixels blend in the
+    source pixels just outside the box rather than clamping at its edge).
+    """
+    mode = _mode(channels)
+    out = np.empty((len(datas), size, size, channels), np.uint8)
+    jpegs = []  # (i, scale index, window)
+    for i, (data, rng) in enumerate(zip(datas, rngs)):
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+        top, left, h, w = random_resized_crop_box(rng, height, width, scale, ratio)
+        reduce = _draft_scale(w, h, size, size) if draft else 1
+        if is_jpeg(data):
+            # Edges rounded in the reduced image (ceil(side / reduce) pixels): inside it.
+            y0, x0 = round(top / reduce), round(left / reduce)
+            y1, x1 = round((top + h) / reduce), round((left + w) / reduce)
+            jpegs.append((i, _DCT_SCALES.index(reduce), [y0, x0, y1 - y0, x1 - x0]))
+            continue
+        image, f = _open_reduced(data, mode, reduce, draft)
+        box = (left * f, top * f, (left + w) * f, (top + h) * f)
+        out[i] = _to_array(image.resize((size, size), Image.BILINEAR, box=box))
+    if jpegs:
+        rows, scales, windows = zip(*jpegs)
+        encoded = np.array([datas[i] for i in rows], dtype=object)
+        out[list(rows)] = _jpeg_crops(channels, size)(
+            encoded, np.array(scales, np.int32), np.array(windows, np.int32)).numpy()
+    return out
+
+
 def random_resized_crop(
     data: bytes,
     rng: np.random.Generator,
@@ -128,22 +235,8 @@ def random_resized_crop(
     channels: int = 3,
     draft: bool = True,
 ) -> np.ndarray:
-    """Decodes and random-resized-crops one image to uint8 (size, size, channels).
-
-    The box is sampled from the original size (read from the header; PIL opens
-    lazily), the JPEG is decoded reduced as far as the box keeps >= ``size``
-    pixels per side (``draft=False`` turns that off), and the box is resized
-    bilinearly (antialiased, as torchvision's PIL path) in one ``resize`` call.
-    Unlike torchvision's crop-then-resize, the outermost output pixels blend in
-    the source pixels just outside the box rather than clamping at its edge.
-    """
-    mode = _mode(channels)
-    with Image.open(io.BytesIO(data)) as probe:
-        width, height = probe.size
-    top, left, h, w = random_resized_crop_box(rng, height, width, scale, ratio)
-    image, f = _open_reduced(data, mode, _draft_scale(w, h, size, size), draft)
-    box = (left * f, top * f, (left + w) * f, (top + h) * f)
-    return _to_array(image.resize((size, size), Image.BILINEAR, box=box))
+    """One image's ``random_resized_crops``: uint8 (size, size, channels)."""
+    return random_resized_crops([data], [rng], size, scale, ratio, channels, draft)[0]
 
 
 def resize_center_crop(data: bytes, resize: int, crop: int, channels: int = 3, draft: bool = True) -> np.ndarray:

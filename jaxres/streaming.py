@@ -55,14 +55,16 @@ class EpochOrder:
 
 @dataclasses.dataclass(frozen=True)
 class HostOps:
-    """The per-example work done on the host, in grain's workers (picklable).
+    """The work done on the host for one batch, in grain's workers (picklable).
 
-    Training: decode, then RandomResizedCrop to ``image_size`` when enabled, else
-    (images of varying size) resize + centre crop to ``image_size``.  Eval: decode,
-    then resize the shorter side to ``eval_resize`` (default ``image_size``) and
-    take the centre ``image_size`` crop, when ``image_size`` is set and either the
-    images vary in size or ``eval_resize`` is given.  Pads (``position`` past the
-    end) are zero images with mask False.
+    Called with the batch's ``(position, index, record)`` items (grain's
+    ``batch_fn``), so that decoding can be batched.  Training: decode, then
+    RandomResizedCrop to ``image_size`` when enabled, else (images of varying
+    size) resize + centre crop to ``image_size``.  Eval: decode, then resize the
+    shorter side to ``eval_resize`` (default ``image_size``) and take the centre
+    ``image_size`` crop, when ``image_size`` is set and either the images vary
+    in size or ``eval_resize`` is given.  Pads (``position`` past the end) are
+    zero images with mask False.
     """
 
     train: bool
@@ -75,35 +77,44 @@ class HostOps:
     eval_resize: int = 0
     seed: int = 0
 
-    def __call__(self, item: tuple[int, int, dict | None]) -> dict[str, np.ndarray]:
-        position, index, record = item
-        if record is None:  # eval padding
-            return {'image': np.zeros(self.out_shape, np.uint8), 'label': np.int32(0),
-                    'index': np.int32(-1), 'mask': np.bool_(False)}
-        image = self._image(record['image'], position)
-        if image.shape != self.out_shape:
+    def __call__(self, items: Sequence[tuple[int, int, dict | None]]) -> dict[str, np.ndarray]:
+        present = [k for k, (_, _, record) in enumerate(items) if record is not None]
+        images = np.zeros((len(items), *self.out_shape), np.uint8)
+        if present:
+            images[present] = self._images([items[k] for k in present])
+        return {'image': images,
+                'label': np.array([r['label'] if r is not None else 0 for _, _, r in items],
+                                  np.int32),
+                'index': np.array([index for _, index, _ in items], np.int32),
+                'mask': np.array([r is not None for _, _, r in items])}
+
+    def _images(self, items: Sequence[tuple[int, int, dict]]) -> np.ndarray:
+        if self.train and self.random_resized_crop:
+            data = [r['image'] for _, _, r in items]
+            data = [_encode_png(im) if isinstance(im, np.ndarray) else im for im in data]
+            rngs = [np.random.default_rng([self.seed, position]) for position, _, _ in items]
+            return host_transforms.random_resized_crops(data, rngs, self.image_size,
+                                                        self.crop_scale, self.crop_ratio,
+                                                        self.channels)
+        return np.stack([self._image(r['image'], index) for _, index, r in items])
+
+    def _image(self, image: Any, index: int) -> np.ndarray:
+        size, fixed = self.image_size, isinstance(image, np.ndarray)
+        resize = size and (self.eval_resize or not fixed or image.shape[:2] != (size, size))
+        if fixed and not resize:
+            out = image  # in memory, already the model's size
+        elif resize:
+            data = _encode_png(image) if fixed else image
+            out = host_transforms.resize_center_crop(data, self.eval_resize or size, size,
+                                                     self.channels)
+        else:
+            out = host_transforms.decode(image, self.channels)
+        if out.shape != self.out_shape:
             raise datasets.DataError(
-                f'record {index} gives a {image.shape} image where {self.out_shape} was '
+                f'record {index} gives a {out.shape} image where {self.out_shape} was '
                 'expected: images of varying size need --config.data.image_size=SIZE (and '
                 'data.random_resized_crop or data.eval_resize).')
-        return {'image': image, 'label': np.int32(record['label']), 'index': np.int32(index),
-                'mask': np.bool_(True)}
-
-    def _image(self, image: Any, position: int) -> np.ndarray:
-        size, fixed = self.image_size, isinstance(image, np.ndarray)
-        rrc = self.train and self.random_resized_crop
-        resize = size and (self.eval_resize or not fixed or image.shape[:2] != (size, size))
-        if fixed and not rrc and not resize:
-            return image  # in memory, already the model's size
-        data = _encode_png(image) if fixed else image
-        if rrc:
-            rng = np.random.default_rng([self.seed, position])
-            return host_transforms.random_resized_crop(data, rng, size, self.crop_scale,
-                                                       self.crop_ratio, self.channels)
-        if resize:
-            return host_transforms.resize_center_crop(data, self.eval_resize or size, size,
-                                                      self.channels)
-        return host_transforms.decode(data, self.channels)
+        return out
 
 
 def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
@@ -167,7 +178,7 @@ def train_dataset(source: Sequence, *, seed: int, batch_size: int, steps_per_epo
     count = process[1] if process else jax.process_count()
     order = EpochOrder(seed, len(source), steps_per_epoch * batch_size)
     examples = grain.MapDataset.range(num_steps * batch_size).map(_ReadTrain(source, order))
-    batches = examples.map(host_ops).batch(batch_size // count, drop_remainder=True)
+    batches = examples.batch(batch_size // count, drop_remainder=True, batch_fn=host_ops)
     return process_slice(batches, process)
 
 
@@ -176,8 +187,9 @@ def eval_dataset(source: Sequence, *, batch_size: int, host_ops: HostOps,
     """Every example once, in order; the last global batch padded (mask False)."""
     count = process[1] if process else jax.process_count()
     padded = -(-len(source) // batch_size) * batch_size
-    examples = grain.MapDataset.range(padded).map(_ReadEval(source)).map(host_ops)
-    return process_slice(examples.batch(batch_size // count, drop_remainder=True), process)
+    examples = grain.MapDataset.range(padded).map(_ReadEval(source))
+    return process_slice(examples.batch(batch_size // count, drop_remainder=True,
+                                        batch_fn=host_ops), process)
 
 
 def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetIterator:

@@ -166,13 +166,13 @@ def test_box_bounds_and_statistics_match_torchvision():
 
 
 def test_random_resized_crop_whole_image_equals_pil_resize():
-    arr = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    data = _encode(arr, quality=95)
     # scale=ratio=1 on a square image: the box is the whole image; size 40 > 64/2
-    # rules out any draft reduction.
+    # rules out any reduction.  PNG: PIL's path, bitwise.
+    arr = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _encode(arr, 'PNG')
     out = ht.random_resized_crop(data, np.random.default_rng(0), 40, scale=(1.0, 1.0), ratio=(1.0, 1.0))
     _check_array(out, (40, 40, 3))
-    expected = np.asarray(Image.open(io.BytesIO(data)).convert('RGB').resize((40, 40), Image.BILINEAR))
+    expected = np.asarray(Image.fromarray(arr).resize((40, 40), Image.BILINEAR))
     np.testing.assert_array_equal(out, expected)
 
 
@@ -189,24 +189,82 @@ def test_random_resized_crop_box_region_equals_crop_then_resize():
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 8
 
 
-def test_random_resized_crop_draft_reduces_and_stays_close(draft_sizes):
-    data = _encode(_smooth_image(480, 640), quality=95)
-    sizes = draft_sizes
-    kw = dict(size=56, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3))
-    with_draft = ht.random_resized_crop(data, np.random.default_rng(3), **kw)
-    # 640x480 box, 56 output: 480/8 = 60 >= 56, so libjpeg decodes at 1/8.
-    assert sizes == [(80, 60)]
-    without = ht.random_resized_crop(data, np.random.default_rng(3), draft=False, **kw)
-    assert sizes == [(80, 60)]
-    _check_array(with_draft, (56, 56, 3))
-    diff = np.abs(with_draft.astype(np.int16) - without.astype(np.int16))
-    assert diff.mean() < 2.0, diff.mean()
+@pytest.fixture
+def jpeg_calls(monkeypatch):
+    """The DCT scale denominators of the JPEGs of each batched TF call, call by call."""
+    calls = []
+    original = ht._jpeg_crops
 
-    # Random boxes at the default scale: smaller boxes, smaller reductions.
+    def spy(channels, size):
+        crops = original(channels, size)
+
+        def call(data, scale_indices, windows):
+            calls.append([ht._DCT_SCALES[k] for k in scale_indices])
+            return crops(data, scale_indices, windows)
+        return call
+
+    monkeypatch.setattr(ht, '_jpeg_crops', spy)
+    return calls
+
+
+def test_random_resized_crop_jpeg_equals_torchvision_crop_then_resize(jpeg_calls):
+    # A JPEG decodes only its box (TF's decode_and_crop_jpeg, libjpeg as PIL);
+    # torchvision decodes it whole, crops, and resizes with PIL's antialiased
+    # bilinear.  At full scale (no DCT reduction) and a shrink under 2x the two
+    # resamplers agree to within rounding on a natural (smooth) image.
+    arr = _smooth_image(180, 240)
+    data = _encode(arr, quality=95)
+    decoded = Image.open(io.BytesIO(data)).convert('RGB')
+    for seed in range(6):
+        out = ht.random_resized_crop(data, np.random.default_rng(seed), 96, draft=False)
+        _check_array(out, (96, 96, 3))
+        top, left, h, w = ht.random_resized_crop_box(np.random.default_rng(seed), 180, 240)
+        ref = np.asarray(decoded.crop((left, top, left + w, top + h)).resize((96, 96), Image.BILINEAR))
+        diff = np.abs(out.astype(int) - ref.astype(int))
+        # The kernels' edge handling differs only in the outermost pixels.
+        assert diff[1:-1, 1:-1].max() <= 3 and diff.mean() < 0.5, (seed, diff.max(), diff.mean())
+    assert jpeg_calls == [[1]] * 6
+
+
+def test_random_resized_crops_batch_equals_one_by_one(jpeg_calls):
+    # JPEGs at several DCT scales and a PNG in one batch: each row equals that
+    # image cropped alone with the same generator; one TF call for the batch.
+    images = [_encode(_smooth_image(480, 640, seed=1), quality=90),
+              _encode(_smooth_image(90, 120, seed=2), quality=90),
+              _encode(_smooth_image(100, 100, seed=3), 'PNG'),
+              _encode(_smooth_image(300, 200, seed=4), quality=90)] * 3
+    rngs = lambda: [np.random.default_rng([7, i]) for i in range(len(images))]  # noqa: E731
+    batch = ht.random_resized_crops(images, rngs(), 40)
+    _check_array(batch, (len(images), 40, 40, 3))
+    assert len(jpeg_calls) == 1 and len(jpeg_calls[0]) == 9 and len(set(jpeg_calls[0])) >= 2
+    for i, (data, rng) in enumerate(zip(images, rngs())):
+        np.testing.assert_array_equal(batch[i], ht.random_resized_crop(data, rng, 40))
+    assert len(jpeg_calls) == 10  # one call per JPEG alone, none for the PNG
+
+
+def test_random_resized_crop_reduces_and_stays_close(jpeg_calls):
+    arr = _smooth_image(480, 640)
+    data = _encode(arr, quality=95)
+    kw = dict(size=56, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3))
+    reduced = ht.random_resized_crop(data, np.random.default_rng(3), **kw)
+    # 640x480 box, 56 output: 480/8 = 60 >= 56, so libjpeg decodes at 1/8.
+    assert jpeg_calls == [[8]]
+    _check_array(reduced, (56, 56, 3))
+    decoded = Image.open(io.BytesIO(data)).convert('RGB')
+    ref = np.asarray(decoded.resize((56, 56), Image.BILINEAR))  # torchvision's, antialiased
+    assert np.abs(reduced.astype(int) - ref.astype(int)).mean() < 2.0
+
+    # Random boxes at the default scale: smaller boxes, smaller reductions.  Each
+    # is torchvision's crop + antialiased resize of the same box with its edges
+    # rounded to whole pixels of the reduced decode, to within resampling.
     for seed in range(20):
-        a = ht.random_resized_crop(data, np.random.default_rng(seed), 64)
-        b = ht.random_resized_crop(data, np.random.default_rng(seed), 64, draft=False)
-        assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() < 3.0
+        out = ht.random_resized_crop(data, np.random.default_rng(seed), 64)
+        top, left, h, w = ht.random_resized_crop_box(np.random.default_rng(seed), 480, 640)
+        f = ht._draft_scale(w, h, 64, 64)
+        edges = [round(v / f) * f for v in (left, top, left + w, top + h)]
+        ref = np.asarray(decoded.crop(edges).resize((64, 64), Image.BILINEAR))
+        assert np.abs(out.astype(int) - ref.astype(int)).mean() < 1.5, seed
+    assert {s for (s,) in jpeg_calls[1:]} == {2, 4}
 
 
 def test_random_resized_crop_grayscale():
