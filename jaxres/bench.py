@@ -252,6 +252,7 @@ def run_streaming_benchmark(config: ml_collections.ConfigDict, steps: int) -> di
                 rss.append(_peak_rss_mb())
         jax.device_get(pending)
     loop_s = time.perf_counter() - t
+    feed.close()
     batch_size = config.batch_size
     return {
         'input': 'streaming', 'dataset': config.dataset, 'workers': config.input.workers,

@@ -154,6 +154,9 @@ class ResidentInput:
     def checkpoint_item(self) -> None:
         return None
 
+    def close(self) -> None:
+        """Nothing to stop: the data lives on the devices."""
+
     def eval_batches(self, batch_size: int = 0) -> Iterator[dict[str, Array]]:
         del batch_size  # placed in batches by to_device
         return eval_batches(self.data)

@@ -262,6 +262,7 @@ class StreamingInput:
             return
         logging.info('streaming input: no saved position for this process layout at step '
                      '%d; starting there from the data order.', step)
+        self.iterator.close()
         self.iterator = self._iterate(self.train_batches[step:])
 
     def step_args(self, step: int, state: Any) -> tuple[dict[str, jax.Array]]:
@@ -272,6 +273,10 @@ class StreamingInput:
 
     def checkpoint_item(self) -> grain.DatasetIterator:
         return self.iterator
+
+    def close(self) -> None:
+        """Stops the grain workers and frees their shared memory."""
+        self.iterator.close()
 
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, jax.Array]]:
         """Every eval example once, as global batches with a mask."""
@@ -289,6 +294,10 @@ def eval_batches(config: ml_collections.ConfigDict, info: datasets.DataInfo,
     ops = HostOps(train=False, channels=shape[-1], out_shape=shape, image_size=d.image_size,
                   eval_resize=d.eval_resize, seed=config.seed)
     size = sharding.round_up_to_devices(batch_size or config.eval_batch_size, mesh.size)
-    ds = eval_dataset(source, batch_size=size, host_ops=ops)
-    for batch in iterate(ds, config.input.workers, config.input.prefetch):
-        yield to_global({k: batch[k] for k in ('image', 'label', 'mask')}, mesh)
+    batches = iterate(eval_dataset(source, batch_size=size, host_ops=ops), config.input.workers,
+                      config.input.prefetch)
+    try:
+        for batch in batches:
+            yield to_global({k: batch[k] for k in ('image', 'label', 'mask')}, mesh)
+    finally:
+        batches.close()  # the workers and their shared memory, also when stopped early

@@ -11,6 +11,7 @@ explicit ones (streamed batches, and log, eval and checkpoint steps).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -645,7 +646,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             return trainer.evaluate(state, feed.eval_batches(cfg.eval_batch_size))
 
     multi_process = jax.process_count() > 1
-    with _StopSignal(enabled=not multi_process) as stop, jax.transfer_guard('disallow'):
+    with (_StopSignal(enabled=not multi_process) as stop, jax.transfer_guard('disallow'),
+          contextlib.closing(feed)):
         while step < trainer.total_steps:
             step_before = step
             n = k if k > 1 and step + k <= cadence.next_event(step) else 1

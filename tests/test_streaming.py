@@ -2,6 +2,7 @@
 any device count, the input-kind choice and its messages."""
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxres import checkpointing, datasets, prepare_data, sharding, streaming, train
 
@@ -69,6 +71,28 @@ def test_eval_reads_every_example_once_and_masks_the_padding(processes):
             assert not batch['image'][~batch['mask']].any()
     assert sorted(seen) == list(range(43))
     assert sum(len(p) for p in parts) == 3 * processes
+
+
+def test_grain_workers_crop_jpegs_as_threads():
+    # RandomResizedCrop of JPEGs in spawned workers (TF with one thread each)
+    # gives the images the main process's threads give.
+    rng = np.random.default_rng(0)
+    src = []
+    for i in range(24):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40 + 3 * i, 60, 3), dtype=np.uint8)).save(buf, 'JPEG')
+        src.append({'image': buf.getvalue(), 'label': i % 3})
+    ops = streaming.HostOps(train=True, channels=3, out_shape=(16, 16, 3), image_size=16,
+                            random_resized_crop=True, seed=4)
+    ds = streaming.train_dataset(src, seed=1, batch_size=8, steps_per_epoch=3, num_steps=3,
+                                 host_ops=ops, process=(0, 1))
+    threads = list(streaming.iterate(ds, workers=0, prefetch=2))
+    workers = list(streaming.iterate(ds, workers=2, prefetch=2))
+    assert len(threads) == len(workers) == 3
+    for a, b in zip(threads, workers):
+        assert a['image'].shape == (8, 16, 16, 3) and a['image'].std() > 10
+        for key in ('image', 'label', 'index', 'mask'):
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_grain_workers_give_the_same_batches_as_threads():
