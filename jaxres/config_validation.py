@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import ml_collections
 
@@ -62,25 +63,34 @@ _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'optimizer.muon_ns_steps', 'input.prefetch')
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-    value = config
+_REQUIRED = object()
+
+
+def lookup(tree: Any, dotted: str, default: Any = _REQUIRED) -> Any:
+    """``tree['a']['b']`` for ``dotted='a.b'``, in a ConfigDict or nested dicts;
+    ``default`` where a part is missing (without one: KeyError)."""
     for part in dotted.split('.'):
-        value = value[part]
-    return value
+        try:
+            tree = tree[part]
+        except (KeyError, TypeError, IndexError):
+            if default is _REQUIRED:
+                raise KeyError(dotted) from None
+            return default
+    return tree
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first invalid key."""
     for key, choices in _CHOICES.items():
-        value = _get(config, key)
+        value = lookup(config, key)
         if value not in choices:
             raise ConfigError(f'config.{key}={value!r} is not valid; choose one of {list(choices)}.')
     for key in _NON_NEGATIVE:
-        if _get(config, key) < 0:
-            raise ConfigError(f'config.{key}={_get(config, key)!r} must be >= 0.')
+        if lookup(config, key) < 0:
+            raise ConfigError(f'config.{key}={lookup(config, key)!r} must be >= 0.')
     for key in _POSITIVE:
-        if _get(config, key) <= 0:
-            raise ConfigError(f'config.{key}={_get(config, key)!r} must be > 0.')
+        if lookup(config, key) <= 0:
+            raise ConfigError(f'config.{key}={lookup(config, key)!r} must be > 0.')
     m = config.model
     if not m.stage_sizes and m.depth not in models.DEPTHS:
         raise ConfigError(f'config.model.depth={m.depth!r} is not valid; choose one of '

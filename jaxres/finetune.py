@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxres import checkpointing, sharding
 
@@ -132,27 +133,6 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- #
 # Merging into the freshly initialised model (pure)
 # --------------------------------------------------------------------------- #
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Nested dict -> {path tuple: leaf}."""
-    flat = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            flat.update(flatten(v, prefix + (k,)))
-        else:
-            flat[prefix + (k,)] = v
-    return flat
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
 def merge(target: Mapping[tuple[str, ...], Any], source: Mapping[tuple[str, ...], Any]
           ) -> tuple[dict[tuple[str, ...], Any], list[str], list[str]]:
     """Source leaves where name and shape match, target leaves elsewhere.
@@ -190,7 +170,8 @@ def init_from(state: Any, path: str, mesh: jax.sharding.Mesh,
     sources, strict = read_weights(path, mesh, best_metric)
     target = {'params': state.params, 'batch_stats': state.batch_stats or {}}
     fitted = fit_variables(target, sources, strict, path)
-    variables = {c: unflatten(_replicated(fitted[c], flatten(target[c]), mesh))
+    variables = {c: traverse_util.unflatten_dict(
+                     _replicated(fitted[c], traverse_util.flatten_dict(target[c]), mesh))
                  for c in fitted}
     params = variables['params']
     opt_state = jax.jit(state.tx.init, out_shardings=sharding.replicated(mesh))(params)
@@ -225,7 +206,7 @@ def fit_variables(target: Mapping[str, Any], sources: Mapping[str, Mapping], str
     """
     out = {}
     for collection in ('params', 'batch_stats'):
-        flat_target = flatten(target.get(collection) or {})
+        flat_target = traverse_util.flatten_dict(target.get(collection) or {})
         merged, loaded, problems = merge(flat_target, sources.get(collection, {}))
         if strict and problems:
             raise FinetuneError(
@@ -247,7 +228,7 @@ def _from_jaxres_checkpoint(path: str, mesh: jax.sharding.Mesh, best_metric: str
     manager, step = checkpointing.open_checkpoint(path, path, best_metric)
     restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
     logging.info('init_from: checkpoint step %d of %s', step, manager.directory)
-    return {k: flatten(v) for k, v in restored.items()}
+    return {k: traverse_util.flatten_dict(v) for k, v in restored.items()}
 
 
 def _replicated(merged: Mapping[tuple[str, ...], Any], target: Mapping[tuple[str, ...], Any],

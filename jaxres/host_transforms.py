@@ -33,6 +33,10 @@ from PIL import Image
 _DCT_SCALES = (1, 2, 4, 8)
 
 
+# The file suffixes of images PIL decodes that image folders may hold.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
+
 def _mode(channels: int) -> str:
     if channels == 1:
         return 'L'

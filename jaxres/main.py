@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from jaxres import backend, checkpointing, config_validation, console, datasets, evaluate
-from jaxres import input_pipeline, models, sharding, streaming, summary, train
+from jaxres import input_pipeline, models, safe_io, sharding, streaming, summary, train
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
@@ -62,7 +62,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                    checkpoint=os.path.join(str(manager.directory), str(step)))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        train.write_json(os.path.join(workdir, 'eval_results.json'), results)
+        safe_io.write_json(os.path.join(workdir, 'eval_results.json'), results)
     return results
 
 

@@ -69,6 +69,36 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file."""
+    """The records of a metrics.jsonl file; a half-written last line (a run killed
+    mid-write) is skipped."""
+    records = []
     with open(path, encoding='utf-8') as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m``, ``4m05s`` or ``12s``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f'{hours}h{minutes:02d}m'
+    return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
+
+
+def progress_line(step: int, total_steps: int, steps_per_epoch: int, seconds_per_step: float,
+                  images_per_sec: float, loss: float, accuracy: float,
+                  next_eval_step: int | None = None) -> str:
+    """One line a person reads at a log step: where the run is, how fast, and
+    when it ends (and evaluates next) at the recent step time."""
+    line = (f'step {step}/{total_steps} (epoch {step / steps_per_epoch:.2f}) | '
+            f'{images_per_sec:,.0f} images/s | loss {loss:.4f}, accuracy {accuracy:.2%} | '
+            f'ETA {duration((total_steps - step) * seconds_per_step)}')
+    if next_eval_step is not None and step < next_eval_step < total_steps:
+        line += f' (next eval in {duration((next_eval_step - step) * seconds_per_step)})'
+    return line

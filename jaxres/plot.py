@@ -35,18 +35,6 @@ class PlotError(ValueError):
     """Nothing to plot in the workdir; the message says what is missing."""
 
 
-def read_records(path: str) -> list[dict]:
-    """metrics.jsonl records; a half-written last line (a run killed mid-write) is skipped."""
-    records = []
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
 def series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values) of ``key``, one point per step (the last record wins).
 
@@ -143,7 +131,8 @@ def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     if os.path.exists(metrics_path):
-        records = read_records(metrics_path)
+        from jaxres import metric_logging  # pylint: disable=g-import-not-at-top  (clu: slow import)
+        records = metric_logging.read_jsonl(metrics_path)
         if records:
             written.append(plot_learning_curves(
                 records, os.path.join(out_dir, 'learning_curves.png')))

@@ -37,8 +37,8 @@ import numpy as np
 from jaxres import backend, checkpointing, config_validation, datasets, evaluate
 from jaxres import input_pipeline, models
 from jaxres import safe_io, sharding
+from jaxres.host_transforms import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 PICKLE_SUFFIXES = ('.pkl', '.pickle', '')
 OUTPUT_SUFFIXES = ('.npy', '.csv')
 
@@ -223,15 +223,7 @@ def write_output(path: str, probs: np.ndarray, class_names: Sequence[str]) -> No
         writer.writerow(['index', 'label', 'class_name', 'confidence'])
         writer.writerows(csv_rows(probs, class_names))
         data = text.getvalue().encode('utf-8')
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    safe_io.write_atomic(path, data)
 
 
 def check_output_path(path: str) -> None:

@@ -50,8 +50,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from jaxres import safe_io
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+from jaxres.host_transforms import IMAGE_SUFFIXES
 
 
 class DataPreparationError(ValueError):

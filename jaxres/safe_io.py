@@ -1,4 +1,5 @@
-"""Readers for user files that never execute code from the file.
+"""Safe file I/O: readers that never execute code from the file, writers that
+never leave a half-written file.
 
 CIFAR's "python version" archives are pickles.  ``pickle.load`` on a file from
 the internet can run arbitrary code, so they are read with an unpickler that
@@ -8,6 +9,8 @@ only rebuilds plain containers and NumPy arrays and refuses everything else.
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
 from typing import Any, BinaryIO
 
@@ -59,3 +62,22 @@ def _decode_keys(obj: Any) -> Any:
 def load_npy(path: str) -> np.ndarray:
     """``np.load`` with pickles disabled."""
     return np.load(path, allow_pickle=False)
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename, so that a
+    reader (or a run killed mid-write) sees the old file or the new one, never part."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data.encode('utf-8') if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    write_atomic(path, json.dumps(obj, indent=2))

@@ -34,7 +34,7 @@ from flax.training import train_state
 from jaxres import backend, checkpointing, config_validation, datasets, evaluate
 from jaxres import input_pipeline
 from jaxres import metric_logging
-from jaxres import models, optim, sharding, streaming
+from jaxres import models, optim, safe_io, sharding, streaming
 
 Array = jax.Array
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue"
@@ -431,7 +431,8 @@ def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: st
     current = json.loads(config.to_json())
     diffs = []
     for key in ('dataset', 'model', 'optimizer.name'):
-        a, b = _lookup(saved, key), _lookup(current, key)
+        a = config_validation.lookup(saved, key, None)
+        b = config_validation.lookup(current, key, None)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(b)
                       if a.get(k) != b.get(k)]
@@ -461,12 +462,6 @@ def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: st
 def _short(names) -> str:
     names = list(names)
     return repr(names) if len(names) <= 4 else f'[{names[0]!r}, ... {len(names)} names]'
-
-
-def _lookup(d: dict, dotted: str) -> Any:
-    for part in dotted.split('.'):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,6 +498,12 @@ class Cadence:
 
     def log(self, step: int) -> bool:
         return step % self.log_every_steps == 0 or step == self.total_steps
+
+    def next_eval(self, step: int) -> int:
+        """The first step after ``step`` that evaluates."""
+        epochs = self.eval_every_epochs * self.steps_per_epoch
+        every = [n for n in (epochs, self.eval_every_steps) if n > 0]
+        return min([self.total_steps] + [(step // n + 1) * n for n in every])
 
     def evaluate(self, step: int) -> bool:
         return self._on(step, self.eval_every_epochs, self.eval_every_steps)
@@ -561,7 +562,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             streaming.stem_sample(config, info))
     config = cfg = trainer.config  # data.mean/std resolved
     if is_main:
-        write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+        safe_io.write_atomic(os.path.join(workdir, 'config.json'),
+                             config.to_json_best_effort(indent=2))
     backend.warn_if_slow_here(config, trainer.choices.platform)
     feed = open_input(config, trainer, ds, info, kind)
 
@@ -631,14 +633,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         with jax.transfer_guard('allow'):  # optax schedules and clu metrics run jnp ops
             lr = float(trainer.schedule(step - 1))
             averaged = summarize_train(host)
+        seconds_per_step = max(time.time() - t_log, 1e-9) / max(step - step_log, 1)
         scalars = {'epoch': step / spe, 'lr': lr, 'train_loss': averaged['loss'],
                    'train_accuracy': averaged['accuracy'],
-                   'images_per_sec': (step - step_log) * cfg.batch_size /
-                                     max(time.time() - t_log, 1e-9)}
+                   'images_per_sec': cfg.batch_size / seconds_per_step}
         if cfg.nonfinite == 'skip':
             scalars['skipped_steps'] = float(np.sum(np.concatenate(
                 [np.ravel(m['skipped']) for m in host])))
         writer.write_scalars(step, scalars)
+        logging.info(metric_logging.progress_line(
+            step, trainer.total_steps, spe, seconds_per_step, scalars['images_per_sec'],
+            averaged['loss'], averaged['accuracy'], cadence.next_eval(step)))
         t_log, step_log = time.time(), step
 
     def evaluate_now():
@@ -689,17 +694,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         split='validation' if config.validation_size > 0 else info.eval_split,
                         wall_time_s=time.time() - t_start)
     if is_main:
-        write_json(os.path.join(workdir, 'eval_results.json'), eval_results)
+        safe_io.write_json(os.path.join(workdir, 'eval_results.json'), eval_results)
     return eval_results
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes atomically (temp file + rename): never a half-written file."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxres import plot, summary
+from jaxres import metric_logging, plot, summary
 
 from conftest import ROOT, tiny_config
 
@@ -45,7 +45,7 @@ def _is_png(path):
 
 def test_series_keeps_the_last_record_per_step(tmp_path):
     _fake_workdir(tmp_path)
-    records = plot.read_records(str(tmp_path / 'metrics.jsonl'))
+    records = metric_logging.read_jsonl(str(tmp_path / 'metrics.jsonl'))
     epochs, losses = plot.series(records, 'train_loss')
     assert len(epochs) == 20 and np.all(np.diff(epochs) > 0)
     assert losses[2] == pytest.approx(2.0 / 3)  # the resumed run's value, not 'nan'

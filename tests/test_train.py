@@ -1,5 +1,6 @@
 """Train step, loop, checkpoints, resume and evaluation on tiny models."""
 
+import dataclasses
 import json
 import os
 
@@ -256,3 +257,7 @@ def test_cadence_by_epoch_step_and_minutes():
     assert [s for s in events if cadence.save(s, 0.0)] == [7, 10, 14, 20, 21, 28, 30, 35]
     # By time: only at log steps, once the interval has passed.
     assert cadence.save(12, 31.0) and not cadence.save(13, 31.0) and not cadence.save(12, 29.0)
+    # The progress line's "next eval": the first evaluating step after this one.
+    assert [cadence.next_eval(s) for s in (0, 19, 20, 34)] == [20, 20, 35, 35]
+    by_step = dataclasses.replace(cadence, eval_every_steps=6)
+    assert [by_step.next_eval(s) for s in (0, 6, 17, 18, 30)] == [6, 12, 18, 20, 35]
