@@ -1,4 +1,4 @@
-"""Per-image host ops for the streaming input path: encoded bytes in, uint8 HWC out.
+"""Host image ops for the streaming input path: encoded bytes in, uint8 pixels out.
 
 These run in grain worker processes; everything per-pixel and cheap (flip,
 normalisation, colour jitter) is left to the device.  Training's
@@ -8,7 +8,8 @@ blocks outside the box) at the largest DCT-domain scale (1/2, 1/4, 1/8) that
 keeps the box >= the output size, then a bilinear resize, one compiled TF call
 per batch, as the Flax ImageNet example and big_vision decode.
 The DCT scaling is libjpeg's low-pass, so the bilinear resize that follows
-shrinks by less than 2x and needs no antialiasing.  Other formats, and the eval
+shrinks by less than 2x (but for boxes over 16x the output) and needs no
+antialiasing.  Other formats, and the eval
 transform, use PIL (antialiased, with JPEG ``draft()``).
 
 Every function returns C-contiguous uint8 (H, W, C) arrays (a batch: (N, H, W,
