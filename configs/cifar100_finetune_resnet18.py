@@ -26,27 +26,27 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = 'cifar100'
-  config.data.image_size = 224
-  config.data.mean = (0.485, 0.456, 0.406)
-  config.data.std = (0.229, 0.224, 0.225)
-  config.data.crop_padding = 0
-  config.data.random_resized_crop = True
-  config.data.crop_scale = (0.08, 1.0)
-  config.data.crop_ratio = (3 / 4, 4 / 3)
-  config.data.hflip = True
+    config = default.get_config()
+    config.dataset = 'cifar100'
+    config.data.image_size = 224
+    config.data.mean = (0.485, 0.456, 0.406)
+    config.data.std = (0.229, 0.224, 0.225)
+    config.data.crop_padding = 0
+    config.data.random_resized_crop = True
+    config.data.crop_scale = (0.08, 1.0)
+    config.data.crop_ratio = (3 / 4, 4 / 3)
+    config.data.hflip = True
 
-  config.model.depth = 18
-  config.model.stem = 'imagenet'
-  config.model.bn_running_var = 'unbiased'
+    config.model.depth = 18
+    config.model.stem = 'imagenet'
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 64
-  config.eval_batch_size = 200
-  config.num_epochs = 14
-  config.optimizer.name = 'adam'
-  config.optimizer.weight_decay = 1e-5
-  config.schedule.name = 'exponential'
-  config.schedule.learning_rate = 1e-3
-  config.schedule.decay_rate = 0.95
-  return config
+    config.batch_size = 64
+    config.eval_batch_size = 200
+    config.num_epochs = 14
+    config.optimizer.name = 'adam'
+    config.optimizer.weight_decay = 1e-5
+    config.schedule.name = 'exponential'
+    config.schedule.learning_rate = 1e-3
+    config.schedule.decay_rate = 0.95
+    return config

@@ -16,9 +16,9 @@ from configs import cifar10_preact
 
 
 def get_config():
-  config = cifar10_preact.get_config()
-  config.dataset = 'cifar100'
-  config.data.mean = (121.936 / 255,)
-  config.data.std = (68.389 / 255,)
-  config.checkpoint.best_metric = 'eval_top5_accuracy'
-  return config
+    config = cifar10_preact.get_config()
+    config.dataset = 'cifar100'
+    config.data.mean = (121.936 / 255,)
+    config.data.std = (68.389 / 255,)
+    config.checkpoint.best_metric = 'eval_top5_accuracy'
+    return config

@@ -26,24 +26,24 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = 'cifar100'
-  config.data.mean = (0.507, 0.487, 0.441)
-  config.data.std = (0.267, 0.256, 0.276)
+    config = default.get_config()
+    config.dataset = 'cifar100'
+    config.data.mean = (0.507, 0.487, 0.441)
+    config.data.std = (0.267, 0.256, 0.276)
 
-  config.model.stage_sizes = (2, 4, 4, 2)
-  config.model.stem_width = 32
-  config.model.stem_dropout = 0.02
-  config.model.shortcut = 'conv3x3'
-  config.model.post_activation = False
-  config.model.head_pool = 'max'
-  config.model.kernel_init = 'kaiming_fan_out'
-  config.model.bn_running_var = 'unbiased'
+    config.model.stage_sizes = (2, 4, 4, 2)
+    config.model.stem_width = 32
+    config.model.stem_dropout = 0.02
+    config.model.shortcut = 'conv3x3'
+    config.model.post_activation = False
+    config.model.head_pool = 'max'
+    config.model.kernel_init = 'kaiming_fan_out'
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 256
-  config.num_epochs = 100
-  config.optimizer.weight_decay = 1e-5
-  config.schedule.name = 'constant'
-  config.schedule.learning_rate = 0.01
-  config.checkpoint.every_epochs = 50
-  return config
+    config.batch_size = 256
+    config.num_epochs = 100
+    config.optimizer.weight_decay = 1e-5
+    config.schedule.name = 'constant'
+    config.schedule.learning_rate = 0.01
+    config.checkpoint.every_epochs = 50
+    return config

@@ -28,42 +28,42 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.standardize = 'scalar'
-  config.data.mean = (120.707 / 255,)  # over every training pixel and channel
-  config.data.std = (64.150 / 255,)
-  config.data.crop_padding = 0
-  config.data.rotation = 30.0
-  config.data.width_shift = 0.1
-  config.data.height_shift = 0.1
-  config.data.interpolation = 'bilinear'
-  config.data.fill = 'nearest'
-  config.data.hflip = True
-  config.data.vflip = True
+    config = default.get_config()
+    config.data.standardize = 'scalar'
+    config.data.mean = (120.707 / 255,)  # over every training pixel and channel
+    config.data.std = (64.150 / 255,)
+    config.data.crop_padding = 0
+    config.data.rotation = 30.0
+    config.data.width_shift = 0.1
+    config.data.height_shift = 0.1
+    config.data.interpolation = 'bilinear'
+    config.data.fill = 'nearest'
+    config.data.hflip = True
+    config.data.vflip = True
 
-  config.model.block = 'preact'
-  config.model.stage_sizes = (4, 4, 4)
-  config.model.stem = 'conv7x7_bias'
-  config.model.stem_width = 32
-  config.model.stage_widths = (32, 64, 128)
-  config.model.conv_bias = True
-  config.model.conv_padding = 'same'
-  config.model.head_norm = True
-  config.model.block_dropout = 0.1
-  config.model.activation = 'relu'
-  config.model.kernel_init = 'he_normal'
-  config.model.dense_init = 'he_normal'
-  config.model.bn_momentum = 0.99
-  config.model.bn_epsilon = 1e-3
-  config.model.bn_running_var = 'unbiased'
+    config.model.block = 'preact'
+    config.model.stage_sizes = (4, 4, 4)
+    config.model.stem = 'conv7x7_bias'
+    config.model.stem_width = 32
+    config.model.stage_widths = (32, 64, 128)
+    config.model.conv_bias = True
+    config.model.conv_padding = 'same'
+    config.model.head_norm = True
+    config.model.block_dropout = 0.1
+    config.model.activation = 'relu'
+    config.model.kernel_init = 'he_normal'
+    config.model.dense_init = 'he_normal'
+    config.model.bn_momentum = 0.99
+    config.model.bn_epsilon = 1e-3
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 32
-  config.num_epochs = 100
-  config.optimizer.name = 'adam'
-  config.optimizer.eps = 1e-7
-  config.optimizer.weight_decay = 1e-6
-  config.optimizer.weight_decay_mode = 'loss'
-  config.schedule.name = 'exponential'
-  config.schedule.learning_rate = 1e-3
-  config.schedule.decay_rate = 0.99
-  return config
+    config.batch_size = 32
+    config.num_epochs = 100
+    config.optimizer.name = 'adam'
+    config.optimizer.eps = 1e-7
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.weight_decay_mode = 'loss'
+    config.schedule.name = 'exponential'
+    config.schedule.learning_rate = 1e-3
+    config.schedule.decay_rate = 0.99
+    return config

@@ -15,8 +15,8 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  # kuangliu/pytorch-cifar's normalisation (its std is not CIFAR-10's own).
-  config.data.mean = (0.4914, 0.4822, 0.4465)
-  config.data.std = (0.2023, 0.1994, 0.2010)
-  return config
+    config = default.get_config()
+    # kuangliu/pytorch-cifar's normalisation (its std is not CIFAR-10's own).
+    config.data.mean = (0.4914, 0.4822, 0.4465)
+    config.data.std = (0.2023, 0.1994, 0.2010)
+    return config

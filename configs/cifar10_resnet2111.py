@@ -27,22 +27,22 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.mean = (0.4914, 0.4822, 0.4465)  # as the seed (kuangliu's values)
-  config.data.std = (0.2023, 0.1994, 0.2010)
-  config.data.padding_mode = 'reflect'
+    config = default.get_config()
+    config.data.mean = (0.4914, 0.4822, 0.4465)  # as the seed (kuangliu's values)
+    config.data.std = (0.2023, 0.1994, 0.2010)
+    config.data.padding_mode = 'reflect'
 
-  config.model.stage_sizes = (2, 1, 1, 1)
-  config.model.kernel_init = 'pytorch'
-  config.model.bn_running_var = 'unbiased'
+    config.model.stage_sizes = (2, 1, 1, 1)
+    config.model.kernel_init = 'pytorch'
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 400
-  config.num_epochs = 70
-  config.optimizer.name = 'adam'
-  config.optimizer.eps = 1e-8
-  config.optimizer.weight_decay = 1e-6
-  config.optimizer.weight_decay_mode = 'coupled'
-  config.optimizer.grad_clip_value = 0.1
-  config.schedule.name = 'onecycle'
-  config.schedule.learning_rate = 0.01  # the peak
-  return config
+    config.batch_size = 400
+    config.num_epochs = 70
+    config.optimizer.name = 'adam'
+    config.optimizer.eps = 1e-8
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.weight_decay_mode = 'coupled'
+    config.optimizer.grad_clip_value = 0.1
+    config.schedule.name = 'onecycle'
+    config.schedule.learning_rate = 0.01  # the peak
+    return config

@@ -27,26 +27,26 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.mean = (0.5, 0.5, 0.5)
-  config.data.std = (0.5, 0.5, 0.5)
-  config.data.brightness = 0.1
-  config.data.contrast = 0.1
-  config.data.saturation = 0.1
-  config.data.hue = 0.1
-  config.data.rotation = 10.0
-  config.data.interpolation = 'nearest'
-  config.data.fill = 'constant'
-  config.data.augment_order = ('color_jitter', 'hflip', 'crop', 'hflip', 'affine', 'crop')
+    config = default.get_config()
+    config.data.mean = (0.5, 0.5, 0.5)
+    config.data.std = (0.5, 0.5, 0.5)
+    config.data.brightness = 0.1
+    config.data.contrast = 0.1
+    config.data.saturation = 0.1
+    config.data.hue = 0.1
+    config.data.rotation = 10.0
+    config.data.interpolation = 'nearest'
+    config.data.fill = 'constant'
+    config.data.augment_order = ('color_jitter', 'hflip', 'crop', 'hflip', 'affine', 'crop')
 
-  config.model.stage_sizes = (1, 1, 1, 1)
-  config.model.kernel_init = 'pytorch'
-  config.model.bn_running_var = 'unbiased'
+    config.model.stage_sizes = (1, 1, 1, 1)
+    config.model.kernel_init = 'pytorch'
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 16
-  config.num_epochs = 60
-  config.optimizer.weight_decay = 0.0
-  config.schedule.name = 'cosine_epochs'
-  config.schedule.learning_rate = 0.004
-  config.schedule.end_learning_rate = 0.0
-  return config
+    config.batch_size = 16
+    config.num_epochs = 60
+    config.optimizer.weight_decay = 0.0
+    config.schedule.name = 'cosine_epochs'
+    config.schedule.learning_rate = 0.004
+    config.schedule.end_learning_rate = 0.0
+    return config

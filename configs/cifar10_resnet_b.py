@@ -30,31 +30,31 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.mean = (0.4914, 0.4822, 0.4465)  # as the seed (kuangliu's values)
-  config.data.std = (0.2023, 0.1994, 0.2010)
-  config.validation_size = 5000
-  # The seed validates on the LAST 5,000 of the official (randomly ordered) files:
-  # --config.validation_from=end reproduces that exactly.  The default random
-  # 5,000 also works on class-ordered image folders (e.g. ../shared/data).
+    config = default.get_config()
+    config.data.mean = (0.4914, 0.4822, 0.4465)  # as the seed (kuangliu's values)
+    config.data.std = (0.2023, 0.1994, 0.2010)
+    config.validation_size = 5000
+    # The seed validates on the LAST 5,000 of the official (randomly ordered) files:
+    # --config.validation_from=end reproduces that exactly.  The default random
+    # 5,000 also works on class-ordered image folders (e.g. ../shared/data).
 
-  config.model.block = 'bottleneck'
-  config.model.stage_sizes = (3, 3, 3)
-  config.model.stem_width = 32
-  config.model.stage_widths = (32, 64, 128)
-  config.model.kernel_init = 'pytorch'
-  config.model.bn_running_var = 'unbiased'
+    config.model.block = 'bottleneck'
+    config.model.stage_sizes = (3, 3, 3)
+    config.model.stem_width = 32
+    config.model.stage_widths = (32, 64, 128)
+    config.model.kernel_init = 'pytorch'
+    config.model.bn_running_var = 'unbiased'
 
-  config.batch_size = 128
-  config.num_epochs = 100
-  config.optimizer.weight_decay = 5e-4
-  config.schedule.name = 'step'
-  config.schedule.learning_rate = 0.1
-  config.schedule.decay_rate = 0.1
-  config.schedule.decay_epochs = 20
-  config.schedule.epoch_offset = 1
+    config.batch_size = 128
+    config.num_epochs = 100
+    config.optimizer.weight_decay = 5e-4
+    config.schedule.name = 'step'
+    config.schedule.learning_rate = 0.1
+    config.schedule.decay_rate = 0.1
+    config.schedule.decay_epochs = 20
+    config.schedule.epoch_offset = 1
 
-  config.eval.every_epochs = 5
-  config.checkpoint.every_epochs = 5
-  config.checkpoint.best_metric = 'eval_accuracy'  # on the 5,000 validation images
-  return config
+    config.eval.every_epochs = 5
+    config.checkpoint.every_epochs = 5
+    config.checkpoint.best_metric = 'eval_accuracy'  # on the 5,000 validation images
+    return config

@@ -57,25 +57,25 @@ from configs import cifar10_speedrun_sgd
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """airbench94_muon's recipe on the speedrun net."""
-  c = cifar10_speedrun_sgd.get_config()
-  c.batch_size = 2000
-  c.grad_accum_steps = 4
-  c.num_epochs = 7  # airbench94_muon: 8; 7 fit 30 minutes here with the faster step
-  c.model.bn_momentum = 0.8  # per micro-batch: 0.8**4 ~ 0.4 per batch of 2000
+    """airbench94_muon's recipe on the speedrun net."""
+    c = cifar10_speedrun_sgd.get_config()
+    c.batch_size = 2000
+    c.grad_accum_steps = 4
+    c.num_epochs = 7  # airbench94_muon: 8; 7 fit 30 minutes here with the faster step
+    c.model.bn_momentum = 0.8  # per micro-batch: 0.8**4 ~ 0.4 per batch of 2000
 
-  # Muon's own settings are default.py's, airbench94_muon's (lr 0.24, momentum
-  # 0.6, 3 Newton-Schulz steps, normalised kernels); the head and BN biases keep
-  # the base's Nesterov SGD (momentum 0.85, BN biases at 64x the lr).
-  o = c.optimizer
-  o.name = 'muon'
-  o.weight_decay = 2.4e-3
-  o.freeze = ('stem',)
-  o.lookahead_every = 0
+    # Muon's own settings are default.py's, airbench94_muon's (lr 0.24, momentum
+    # 0.6, 3 Newton-Schulz steps, normalised kernels); the head and BN biases keep
+    # the base's Nesterov SGD (momentum 0.85, BN biases at 64x the lr).
+    o = c.optimizer
+    o.name = 'muon'
+    o.weight_decay = 2.4e-3
+    o.freeze = ('stem',)
+    o.lookahead_every = 0
 
-  s = c.schedule  # the base's linear one-cycle, without the warm-up
-  s.learning_rate = 1.66  # the head's; Muon's is optimizer.muon_learning_rate
-  s.pct_start = 0.0  # no warm-up: linear from the peak to ~0
-  s.div_factor = 1.0
-  s.final_div_factor = 1e4
-  return c
+    s = c.schedule  # the base's linear one-cycle, without the warm-up
+    s.learning_rate = 1.66  # the head's; Muon's is optimizer.muon_learning_rate
+    s.pct_start = 0.0  # no warm-up: linear from the peak to ~0
+    s.div_factor = 1.0
+    s.final_div_factor = 1e4
+    return c

@@ -27,36 +27,36 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = 'imagenet'
-  config.eval_split = 'validation'
-  config.input.kind = 'streaming'
-  config.input.workers = 8  # per host: decoding JPEGs is the host's main work
-  config.data.image_size = 224
-  config.data.random_resized_crop = True
-  config.data.crop_padding = 0
-  config.data.eval_resize = 256
-  config.data.mean = (0.485, 0.456, 0.406)
-  config.data.std = (0.229, 0.224, 0.225)
+    config = default.get_config()
+    config.dataset = 'imagenet'
+    config.eval_split = 'validation'
+    config.input.kind = 'streaming'
+    config.input.workers = 8  # per host: decoding JPEGs is the host's main work
+    config.data.image_size = 224
+    config.data.random_resized_crop = True
+    config.data.crop_padding = 0
+    config.data.eval_resize = 256
+    config.data.mean = (0.485, 0.456, 0.406)
+    config.data.std = (0.229, 0.224, 0.225)
 
-  config.model.depth = 50
-  config.model.block = 'bottleneck'
-  config.model.stem = 'imagenet'
-  config.model.kernel_init = 'lecun_normal'
-  config.model.zero_init_residual = True
+    config.model.depth = 50
+    config.model.block = 'bottleneck'
+    config.model.stem = 'imagenet'
+    config.model.kernel_init = 'lecun_normal'
+    config.model.zero_init_residual = True
 
-  config.batch_size = 1024
-  config.eval_batch_size = 1000
-  config.num_epochs = 100.0
-  config.dtype = 'bfloat16'
-  config.optimizer.nesterov = True
-  config.optimizer.weight_decay = 0.5e-4  # the example's 1e-4 * 0.5 * sum(w**2)
-  config.optimizer.weight_decay_mode = 'loss'
-  config.schedule.learning_rate = 0.1 * config.batch_size / 256
-  config.schedule.warmup_epochs = 5.0
+    config.batch_size = 1024
+    config.eval_batch_size = 1000
+    config.num_epochs = 100.0
+    config.dtype = 'bfloat16'
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 0.5e-4  # the example's 1e-4 * 0.5 * sum(w**2)
+    config.optimizer.weight_decay_mode = 'loss'
+    config.schedule.learning_rate = 0.1 * config.batch_size / 256
+    config.schedule.warmup_epochs = 5.0
 
-  config.log_every_steps = 500
-  config.checkpoint.every_minutes = 30.0  # an epoch is hours on one host
-  config.checkpoint.max_to_keep = 2
-  config.eval.every_epochs = 1
-  return config
+    config.log_every_steps = 500
+    config.checkpoint.every_minutes = 30.0  # an epoch is hours on one host
+    config.checkpoint.max_to_keep = 2
+    config.eval.every_epochs = 1
+    return config

@@ -17,21 +17,21 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = 'digits'
-  config.data.mean = (0.5,)
-  config.data.std = (0.5,)
-  config.data.crop_padding = 1
-  config.data.hflip = False
+    config = default.get_config()
+    config.dataset = 'digits'
+    config.data.mean = (0.5,)
+    config.data.std = (0.5,)
+    config.data.crop_padding = 1
+    config.data.hflip = False
 
-  config.model.stage_sizes = (1, 1, 1)
-  config.model.stem_width = 16
+    config.model.stage_sizes = (1, 1, 1)
+    config.model.stem_width = 16
 
-  config.batch_size = 64
-  config.eval_batch_size = 120
-  config.num_epochs = 15
-  config.schedule.learning_rate = 0.1
-  config.schedule.warmup_epochs = 1.0
-  config.log_every_steps = 20
-  config.checkpoint.every_epochs = 5
-  return config
+    config.batch_size = 64
+    config.eval_batch_size = 120
+    config.num_epochs = 15
+    config.schedule.learning_rate = 0.1
+    config.schedule.warmup_epochs = 1.0
+    config.log_every_steps = 20
+    config.checkpoint.every_epochs = 5
+    return config
