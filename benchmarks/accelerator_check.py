@@ -29,11 +29,12 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 
 from jaxres import backend, bench, train  # noqa: E402
+from jaxres import main as jaxres_main  # noqa: E402
 
 
 def device_figures() -> list[dict]:
     devices = jax.devices()
-    choices = backend.choose(bench.load_config(os.path.join(ROOT, 'configs', 'default.py')))
+    choices = backend.choose(jaxres_main.load_config(os.path.join(ROOT, 'configs', 'default.py')))
     return [{'figure': 'devices', 'platform': devices[0].platform, 'count': len(devices),
              'kind': devices[0].device_kind, 'processes': jax.process_count(),
              'conv': choices.conv, 'max_pool': choices.max_pool,
@@ -43,7 +44,7 @@ def device_figures() -> list[dict]:
 def bench_figures(config_path: str, batch_size: int, steps: int) -> list[dict]:
     out = []
     for dtype in ('float32', 'bfloat16'):
-        config = bench.load_config(config_path)
+        config = jaxres_main.load_config(config_path)
         config.dtype = dtype
         r = bench.run_benchmark(config, batch_size, steps)
         out.append({'figure': 'bench', 'config': os.path.basename(config_path), **r})
@@ -51,7 +52,7 @@ def bench_figures(config_path: str, batch_size: int, steps: int) -> list[dict]:
 
 
 def train_figures(config_path: str, steps: int, num_train: int) -> list[dict]:
-    config = bench.load_config(config_path)
+    config = jaxres_main.load_config(config_path)
     with config.unlocked():
         config.dataset = 'synthetic'
         config.synthetic.num_train = num_train

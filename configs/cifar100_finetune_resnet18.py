@@ -1,21 +1,21 @@
 """Seed 004, part 2: torchvision ResNet-18 fine-tuned on CIFAR-100 at 224x224 (11,227,812 params).
 
 Reproduces Zhenye Na's "HW4" part 2: ImageNet ResNet-18 fine-tuned for 14
-epochs, reported 71.23% test accuracy.
-
-Model: torchvision's ResNet-18 layout (ImageNet stem conv7x7/2 + BN + ReLU +
-maxpool3x3/2; BasicBlocks [2,2,2,2] at 64-512; conv1x1 + BN downsample), head
-replaced by linear 512->100, nothing frozen, started from the ImageNet weights
-file resnet18-5c106cde.pth.  Data: CIFAR-100 upsampled to 224: train
+epochs.  Model: torchvision's ResNet-18 layout (ImageNet stem conv7x7/2 + BN +
+ReLU + maxpool3x3/2; BasicBlocks [2,2,2,2] at 64-512; conv1x1 + BN downsample),
+head replaced by linear 512->100, nothing frozen, started from the ImageNet
+weights file resnet18-5c106cde.pth.  Data: CIFAR-100 upsampled to 224: train
 RandomResizedCrop(224, scale 0.08-1, ratio 3/4-4/3) + horizontal flip, test
 Resize(224) (the seed's CenterCrop(224) of a 224 image is the identity);
 ImageNet normalisation.  Recipe: Adam lr 1e-3, weight decay 1e-5 (coupled),
 lr x0.95 per epoch, batch 64, 14 epochs.
 
-Run (the weights are not on these machines; download them first):
+Command (the weights are not on these machines; download them first):
     python launch.py --config configs/cifar100_finetune_resnet18.py \
         --workdir runs/cifar100_finetune_resnet18 \
         --config.init_from=resnet18-5c106cde.pth
+
+Expected: 71.23% test accuracy (the report's figure; not measured here).
 
 Departures: the seed evaluated in training mode (BN batch statistics); jaxres
 evaluates in inference mode.  Without --config.init_from it trains from

@@ -1,12 +1,15 @@
 """Seed 003 on CIFAR-100: the pre-activation ResNet of cifar10_preact.py (1,581,988 parameters).
 
-Reproduces the report's CIFAR-100 result: 88.40% top-5 test accuracy (its
-metric for CIFAR-100; jaxres reports top-1 and top-5 in every evaluation).
-Everything as cifar10_preact.py except the data set, the 100-way dense head
-and the scalar standardisation (CIFAR-100: 121.936/255, 68.389/255).
+Reproduces the report's CIFAR-100 result.  Everything as cifar10_preact.py
+except the data set, the 100-way dense head and the scalar standardisation
+(CIFAR-100: 121.936/255, 68.389/255); the best checkpoint is picked by top-5.
 
-Run:
+Command:
     python launch.py --config configs/cifar100_preact.py --workdir runs/cifar100_preact
+
+Expected: 88.40% top-5 test accuracy (the report's figure and its metric for
+CIFAR-100; not measured here).  jaxres reports top-1 and top-5 in every
+evaluation.
 
 Departures: as cifar10_preact.py (ReLU as in the code; ELU per the prose with
 --config.model.activation=elu).

@@ -1,8 +1,6 @@
 """Seed 004, part 1: ResNet [2,4,4,2] from scratch on CIFAR-100 (3,903,620 parameters).
 
-Reproduces Zhenye Na's "HW4: Deep Residual Neural Network for CIFAR100",
-part 1: reported 63-64% test accuracy after ~100 epochs.
-
+Reproduces Zhenye Na's "HW4: Deep Residual Neural Network for CIFAR100", part 1.
 Model (from the code): stem conv3x3 3->32 (no bias) + BN + ReLU +
 Dropout2d(0.02); BasicBlocks [2,4,4,2] at 32/64/128/256, stride on the first
 conv, **no ReLU after the residual add**, conv3x3/2 (pad 1) + BN shortcut where
@@ -12,8 +10,11 @@ normalisation; batch 256.  Recipe: SGD constant lr 0.01, momentum 0.9,
 weight decay 1e-5 (coupled), 100 epochs, checkpoint every 50 epochs
 (training resumes from the workdir).
 
-Run:
+Command:
     python launch.py --config configs/cifar100_resnet.py --workdir runs/cifar100_resnet
+
+Expected: 63-64% test accuracy after ~100 epochs (the report's figure; not
+measured here).
 
 Departures: the seed evaluated in training mode (BN batch statistics);
 jaxres evaluates in inference mode.  Its hyper-parameter table says 500 epochs;

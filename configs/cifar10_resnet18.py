@@ -1,14 +1,20 @@
-"""ResNet-18 (kuangliu CIFAR layout, 11,173,962 parameters) on CIFAR-10.
+"""ResNet-18 (kuangliu CIFAR layout, 11,173,962 parameters) on CIFAR-10: the standard recipe.
 
-The standard recipe: SGD lr 0.1, momentum 0.9, weight decay 5e-4 (coupled, as
-PyTorch), batch 128, 5 warm-up epochs then cosine to 0 over 200 epochs, pad-4
-random crop + horizontal flip, per-channel normalisation.
+Source: kuangliu/pytorch-cifar (its ResNet18 and main.py).  Recipe: SGD lr 0.1,
+momentum 0.9, weight decay 5e-4 (coupled, as PyTorch), batch 128, 5 warm-up
+epochs then cosine to 0 over 200 epochs, pad-4 random crop + horizontal flip,
+kuangliu's per-channel normalisation.
 
-Run:
+Command:
     python launch.py --config configs/cifar10_resnet18.py --workdir runs/r18
 
-Expected (not measured here, no GPU on these machines): about 95% test accuracy
-on one GPU, the figure kuangliu/pytorch-cifar reports for this recipe.
+Expected: about 95% test accuracy on one GPU, an expectation for this recipe,
+not measured here (no GPU on these machines) and not the source's own table,
+which lists 93.02% for ResNet18.
+
+Departures: from kuangliu's main.py, 5 linear warm-up epochs and a cosine
+stepped per step; main.py has no warm-up and steps CosineAnnealingLR(T_max=200)
+once per epoch.
 """
 
 from configs import default

@@ -1,26 +1,26 @@
 """Seed 002: "ResNet9" = kuangliu ResNet [1,1,1,1] on CIFAR-10 (4,903,242 parameters).
 
 Reproduces the report "ResNet9 on CIFAR-10" (colour jitter, rotation, cosine
-annealing), reported 92% test accuracy.
+annealing).  Model: the kuangliu ResNet with one BasicBlock per stage, widths
+64-512, global average pool, linear 512->10.  Data, the seed's torchvision
+pipeline in its order: ColorJitter(0.1, 0.1, 0.1, hue), horizontal flip,
+RandomCrop 32 pad 4, horizontal flip, RandomRotation(10) (nearest
+interpolation, black fill), RandomCrop 32 pad 4; normalise with mean 0.5 / std
+0.5.  Batch 16 (from the code; the prose says 64).  Recipe (from the code): SGD
+lr 0.004, momentum 0.9, CosineAnnealingLR(T_max=60) stepped per epoch, 60
+epochs (prose: lr 0.01, 100 epochs).
 
-Model: the kuangliu ResNet with one BasicBlock per stage, widths 64-512, global
-average pool, linear 512->10.  Data, the seed's torchvision pipeline in its
-order: ColorJitter(0.1, 0.1, 0.1, hue), horizontal flip, RandomCrop 32 pad 4,
-horizontal flip, RandomRotation(10) (nearest interpolation, black fill),
-RandomCrop 32 pad 4; normalise with mean 0.5 / std 0.5.  Batch 16 (from the
-code; the prose says 64).  Recipe (from the code): SGD lr 0.004, momentum 0.9,
-CosineAnnealingLR(T_max=60) stepped per epoch, 60 epochs (prose: lr 0.01,
-100 epochs).
-
-Run:
+Command:
     python launch.py --config configs/cifar10_resnet9.py --workdir runs/cifar10_resnet9
 
-Deliberate departures: the seed measured its in-loop test accuracy with BN in
-training mode; jaxres evaluates in inference mode.  Its code builds
-Dropout2d(0.3) layers that forward() never calls, so there is no dropout here
-either.  The hue value is cut off in the report; 0.1 is assumed.  The seed's
-SGD line is cut off after momentum; no weight decay is assumed.  Inits are
-PyTorch's defaults; BN running variance is tracked unbiased, as PyTorch does.
+Expected: 92% test accuracy (the report's figure; not measured here).
+
+Departures: the seed measured its in-loop test accuracy with BN in training
+mode; jaxres evaluates in inference mode.  Its code builds Dropout2d(0.3)
+layers that forward() never calls, so there is no dropout here either.  The
+hue value is cut off in the report; 0.1 is assumed.  The seed's SGD line is cut
+off after momentum; no weight decay is assumed.  Inits are PyTorch's defaults;
+BN running variance is tracked unbiased, as PyTorch does.
 """
 
 from configs import default

@@ -1,29 +1,31 @@
 """Seed 000: ResNet-B bottleneck network on CIFAR-10 (1,236,522 parameters).
 
 Reproduces the CSCE 636 project report "10-Class Image Classification" (ResNet-B,
-Bag of Tricks), reported 70% test accuracy (best held-out checkpoint).
+Bag of Tricks).  Model: stem conv3x3 3->32 + BN + ReLU; 3 stages x 3 bottleneck
+blocks, widths 32/64/128 (x4 expansion: 128/256/512 out), strides 1/2/2, stride
+on the 3x3 conv; conv1x1 + BN shortcut where the shape changes; 8x8 average
+pool, linear 512->10.  Data: the first 45,000 training images train, the last
+5,000 validate, the 10,000 test images are kept for the end; pad-4 crop +
+horizontal flip, per-channel normalisation, batch 128.  Recipe: SGD lr 0.1,
+momentum 0.9, coupled weight decay 5e-4, 100 epochs, lr x0.1 every 20 epochs
+counted from 1 as the seed's code does (0.1 for epochs 1-19, 0.01 from epoch
+20, ...), checkpoint (and validate) every 5 epochs, best checkpoint by
+validation accuracy.
 
-Model: stem conv3x3 3->32 + BN + ReLU; 3 stages x 3 bottleneck blocks, widths
-32/64/128 (x4 expansion: 128/256/512 out), strides 1/2/2, stride on the 3x3
-conv; conv1x1 + BN shortcut where the shape changes; 8x8 average pool, linear
-512->10.  Data: the first 45,000 training images train, the last 5,000 validate,
-the 10,000 test images are kept for the end; pad-4 crop + horizontal flip,
-per-channel normalisation, batch 128.  Recipe: SGD lr 0.1, momentum 0.9,
-coupled weight decay 5e-4, 100 epochs, lr x0.1 every 20 epochs counted from 1
-as the seed's code does (0.1 for epochs 1-19, 0.01 from epoch 20, ...),
-checkpoint (and validate) every 5 epochs, best checkpoint by validation accuracy.
-
-Run, then test the best checkpoint:
+Command (train, then test the best checkpoint):
     python launch.py --config configs/cifar10_resnet_b.py --workdir runs/cifar10_resnet_b
     python launch.py --config configs/cifar10_resnet_b.py --workdir runs/cifar10_resnet_b \
         --mode=eval --config.eval.checkpoint=best --config.eval.split=test
 
-Deliberate departures: the seed's code differs from its prose (it strides in a
-1x1 projection before each stage and puts a 1x1 conv on every shortcut); the
-model the report describes is built here.  Its baseline, the v1 bottleneck
-(stride on the first 1x1 conv): --config.model.bottleneck_stride_on=1x1.
-Inits are PyTorch's defaults (the seed sets none); BN running variance is
-tracked unbiased, as PyTorch does.
+Expected: 70% test accuracy, best held-out checkpoint (the report's figure; not
+measured here).
+
+Departures: the seed's code differs from its prose (it strides in a 1x1
+projection before each stage and puts a 1x1 conv on every shortcut); the model
+the report describes is built here.  Its baseline, the v1 bottleneck (stride on
+the first 1x1 conv): --config.model.bottleneck_stride_on=1x1.  Inits are
+PyTorch's defaults (the seed sets none); BN running variance is tracked
+unbiased, as PyTorch does.
 """
 
 from configs import default

@@ -1,10 +1,21 @@
 """Base config holding every key jaxres reads; other configs import and edit it.
 
-On its own it is the standard CIFAR-10 ResNet-18 recipe (see cifar10_resnet18.py),
-normalised with the training set's own per-channel mean and std.
+On its own it is the standard CIFAR-10 ResNet-18 recipe of cifar10_resnet18.py
+(kuangliu ResNet-18, 11,173,962 parameters; SGD lr 0.1, 5 warm-up epochs then
+cosine over 200 epochs, batch 128, pad-4 crop + horizontal flip).
+
+Command:
+    python launch.py --config configs/default.py --workdir runs/default
+
+Expected: as cifar10_resnet18.py (about 95% on one GPU; not measured here).
+
+Departures: from cifar10_resnet18.py, normalised with the training set's own
+per-channel mean and std (cifar10_resnet18.py uses kuangliu's values).
 """
 
 import ml_collections
+
+from jaxres import models
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_split = 'test'
     c.validation_size = 0  # > 0: hold out N training examples as the 'validation' split
     c.validation_from = 'random'  # 'random' (seeded, fixed) or 'end' (the last N)
+    # > 0: train on a fixed class-balanced subset, the first N / num_classes training
+    # examples of each class (after the validation hold-out); 0 = all of them.
+    c.train_subset = 0
     # dataset='synthetic': generated images, no files (tests, benchmarks).
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.num_train = 2048
@@ -63,6 +77,13 @@ def get_config() -> ml_collections.ConfigDict:
     # 'channel': (x - mean) / std per channel; 'scalar': one mean/std for all
     # channels (1-tuples); 'image': each image by its own mean/std (train and eval).
     c.data.standardize = 'channel'
+    # Cutout (DeVries & Taylor): > 0 zeroes a cutout x cutout square of each
+    # normalised training image (the mean colour), centred at a random pixel.
+    c.data.cutout = 0
+    # mixup / CutMix: Beta(alpha, alpha) mixing with the previous example of the
+    # batch, labels weighted alike (0 = off; both > 0: one of them per example).
+    c.data.mixup = 0.0
+    c.data.cutmix = 0.0
     # () = color_jitter, random_resized_crop, affine, crop, hflip, vflip (those
     # enabled). Else the ops in this order, repeats allowed (seed 002).
     c.data.augment_order = ()
@@ -77,41 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.workers = 0  # streaming: grain worker processes (0 = threads in this process)
     c.input.prefetch = 4  # streaming: batches read ahead
 
-    # Model (see jaxres/models.py for what each key does).
-    c.model = ml_collections.ConfigDict()
-    c.model.depth = 18  # 18/34/50/101/152, used when stage_sizes is empty
-    c.model.block = 'basic'  # 'basic' | 'bottleneck' | 'preact' (with stage_sizes)
-    c.model.stage_sizes = ()  # e.g. (2, 1, 1, 1)
-    c.model.stage_widths = ()  # default stem_width * 2**i
-    c.model.stage_strides = ()  # default (1, 2, 2, ...)
-    c.model.stem = 'cifar'  # 'cifar' | 'imagenet' | 'deep' | 'conv7x7_bias'
-    c.model.stem_width = 64
-    c.model.stem_dropout = 0.0
-    c.model.shortcut = 'conv1x1'  # 'conv1x1' | 'conv3x3' | 'avgpool_conv1x1'
-    c.model.post_activation = True
-    c.model.bottleneck_stride_on = '3x3'  # '3x3' (ResNet-B) | '1x1' (v1)
-    c.model.block_dropout = 0.0
-    c.model.activation = 'relu'
-    c.model.head_pool = 'avg'  # 'avg' | 'max'
-    c.model.head_norm = False
-    c.model.conv_bias = False
-    c.model.kernel_init = 'kaiming_fan_out'
-    c.model.dense_init = 'pytorch'
-    c.model.bn_momentum = 0.9  # Flax convention: PyTorch momentum=0.1
-    c.model.bn_epsilon = 1e-5
-    # BN running variance: 'biased' (Flax) or 'unbiased' (PyTorch, Keras fused).
-    c.model.bn_running_var = 'biased'
-    # 'symmetric': k//2 each side (PyTorch); 'same': TF/Keras SAME (differs at stride 2).
-    c.model.conv_padding = 'symmetric'
-    c.model.zero_init_residual = False
-    c.model.bn_scale = True  # False: BN learns only a bias (airbench)
-    c.model.head_bias = True
-    c.model.head_scale = 1.0  # multiplies the logits (airbench: 1/9)
-    # stem='whiten': k x k patch-whitening conv computed from the first
-    # whiten_samples training images at initialisation (freeze it with
-    # optimizer.freeze=('stem/conv/kernel',)).
-    c.model.whiten_kernel = 2
-    c.model.whiten_samples = 5000
+    # Model: a registered family and its keys, each with its default
+    # (jaxres/models/: resnet.py documents the ResNet keys, airbench.py and
+    # wide_resnet.py theirs).  The ResNet family's kuangliu ResNet-18.
+    c.model = models.model_config('resnet', depth=18)
 
     # Training.
     c.seed = 0
@@ -163,9 +153,15 @@ def get_config() -> ml_collections.ConfigDict:
     # over the schedule (t = fraction done); the last step copies the EMA in.
     c.optimizer.lookahead_every = 0
     c.optimizer.lookahead_decay = 0.95
+    # > 0: keep an exponential moving average of the weights and BN statistics,
+    # ema = ema_decay * ema + (1 - ema_decay) * weights after every step (e.g.
+    # 0.999); evaluated instead of the live weights with eval.ema, and saved in
+    # the checkpoints.  Separate from the lookahead, which moves the live weights.
+    c.optimizer.ema_decay = 0.0
 
     c.schedule = ml_collections.ConfigDict()
     # 'warmup_cosine' | 'constant' | 'step' (x decay_rate every decay_epochs) |
+    # 'multistep' (x decay_rate at each epoch in milestones) |
     # 'exponential' (x decay_rate every epoch) | 'cosine_epochs' (PyTorch
     # CosineAnnealingLR stepped per epoch) | 'onecycle' (PyTorch OneCycleLR, per step;
     # learning_rate is the peak).
@@ -175,6 +171,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.schedule.end_learning_rate = 0.0  # also cosine_epochs' eta_min
     c.schedule.decay_rate = 0.1
     c.schedule.decay_epochs = 30
+    c.schedule.milestones = (60, 120, 160)  # multistep: x decay_rate at each of these epochs
     c.schedule.epoch_offset = 0  # step/exponential: count epochs from this (1: seed 000)
     c.schedule.pct_start = 0.3
     c.schedule.div_factor = 25.0  # initial lr = peak / div_factor
@@ -191,6 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.every_steps = 0  # > 0: also every N steps (an ImageNet epoch is hours)
     c.eval.checkpoint = 'latest'  # for --mode=eval: 'latest' | 'best' | a step | a path
     c.eval.split = ''  # '' = eval_split
+    c.eval.ema = True  # with optimizer.ema_decay > 0: evaluate (and predict with) the EMA
     c.eval.tta = False  # average the softmax of each image and its mirror (eval and predict)
     # With tta: also the image shifted one pixel up-left and down-right (reflected
     # edges), weights 1/2, 1/4, 1/4 (airbench's level 2).

@@ -9,18 +9,20 @@ Nesterov momentum 0.9, lr 0.1 x batch / 256 (0.4 at the global batch 1024),
 5 warm-up epochs then cosine to 0 over 100 epochs, L2 1e-4 x 0.5 on the
 kernels in the loss, bfloat16 activations (on GPU/TPU).
 
-Prepare the data once (the ILSVRC tree: train/<wnid>/*.JPEG and the flat val/
-with Kaggle's LOC_val_solution.csv), then train; a workdir resumes exactly:
+Command (prepare the data once: the ILSVRC tree, train/<wnid>/*.JPEG and the
+flat val/ with Kaggle's LOC_val_solution.csv; then train; a workdir resumes
+exactly):
 
     python -m jaxres.prepare_data --source ~/ILSVRC/Data/CLS-LOC --name imagenet \\
         --val_labels ~/ILSVRC/LOC_val_solution.csv --data_dir ~/tensorflow_datasets
     python launch.py --config configs/imagenet_resnet50.py --workdir runs/in_r50
 
-Expected (the Flax example's published figures, not measured here: no
-accelerator on these machines): 76.72% top-1 after 100 epochs on 8 V100s
-(batch 512, float32, 13.7 h), 76.47% with mixed precision.  Departures: the
-example decodes and crops with tf.image (bicubic resize); jaxres crops with
-PIL (bilinear, torchvision's box sampling) in grain workers.
+Expected: 76.72% top-1 after 100 epochs: the Flax example's published figure
+(8 V100s, batch 512, float32; 76.47% with mixed precision at batch 2048),
+not measured here.
+
+Departures: the example decodes and crops with tf.image (bicubic resize);
+jaxres crops with PIL (bilinear, torchvision's box sampling) in grain workers.
 """
 
 from configs import default

@@ -1,16 +1,18 @@
-"""Quick start: a small ResNet on scikit-learn's bundled 8x8 digits (no download).
+"""Quick start: a small ResNet (77,754 parameters) on scikit-learn's bundled 8x8 digits.
 
-Data: 1,797 real 8x8 grey images of handwritten digits that ship inside
-scikit-learn; a fixed split (seeded permutation, last 360 images = test set).
-Model: the same ResNet family as every config, at 8x8: CIFAR stem of width 16,
-three BasicBlock stages (16/32/64 channels, strides 1/2/2).  Augmentation:
-pad-1 random crop (no flip: a mirrored digit is another symbol).
+Not a reproduction: the README's first command, with no download.  Data: 1,797
+real 8x8 grey images of handwritten digits that ship inside scikit-learn; a
+fixed split (seeded permutation, last 360 images = test set).  Model: the same
+ResNet family as every config, at 8x8: CIFAR stem of width 16, three
+BasicBlock stages (16/32/64 channels, strides 1/2/2).  Augmentation: pad-1
+random crop (no flip: a mirrored digit is another symbol).  SGD lr 0.1, one
+warm-up epoch then cosine, batch 64, 15 epochs.
 
-Run:
+Command:
     python launch.py --config configs/quickstart.py --workdir runs/quickstart
 
-Expected (measured on 2 CPU cores, see README): >= 95% test accuracy in well
-under 3 minutes.  Next step: the CIFAR-10 configs (README).
+Expected: 98.9% test accuracy (measured on 2 CPU cores, README).  Next step:
+the CIFAR-10 configs (README).
 """
 
 from configs import default

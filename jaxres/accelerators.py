@@ -46,20 +46,20 @@ def shaped_dataset(config: ml_collections.ConfigDict, num_train: int, num_eval: 
 
 @dataclasses.dataclass
 class StepInputs:
-    """A trainer and abstract (shape, dtype, sharding) arguments of its steps.
+    """A setup and abstract (shape, dtype, sharding) arguments of its steps.
 
     ``args`` are the train step's arguments after the state: (data, order) for
     resident input, (batch,) for streaming; ``eval_batch`` the evaluator's batch.
     """
 
-    trainer: train.Trainer
+    setup: train.TrainSetup
     state: Any
     args: tuple
     eval_batch: dict[str, jax.ShapeDtypeStruct]
 
     @property
     def step_fn(self):
-        return self.trainer.step_fn(self.trainer.config.input.kind)
+        return self.setup.step_fn(self.setup.config.input.kind)
 
 
 def _abstract(tree: Any) -> Any:
@@ -77,7 +77,7 @@ def _batch(shape: tuple[int, ...], keys: tuple[str, ...], mesh: jax.sharding.Mes
 
 def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, platform: str,
                 num_train: int | None = None) -> StepInputs:
-    """The trainer ``platform`` would build, with abstract arguments for its steps.
+    """The setup ``platform`` would build, with abstract arguments for its steps.
 
     ``num_train`` (default: two global batches) only sets the training set's
     size; the step's shapes do not depend on it.  A streaming config's steps
@@ -89,23 +89,23 @@ def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, plat
         num_classes, shape = datasets.KNOWN_SHAPES[config.dataset]
         info = datasets.DataInfo(config.dataset, n, eval_size,
                                  tuple(str(i) for i in range(num_classes)), shape)
-        trainer = train.Trainer.build(config, info, mesh, platform=platform)
-        image = trainer.image_shape
+        setup = train.TrainSetup.build(config, info, mesh, platform=platform)
+        image = setup.image_shape
         return StepInputs(
-            trainer, trainer.abstract_state(),
+            setup, setup.abstract_state(),
             (_batch((config.batch_size,) + image, ('image', 'label', 'index'), mesh),),
             _batch((eval_size,) + image, ('image', 'label', 'mask'), mesh))
     ds = shaped_dataset(config, n, eval_size)
-    trainer = train.Trainer.build(config, ds, mesh, platform=platform)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                    packed=trainer.choices.packed_pixels)
-    order = jax.ShapeDtypeStruct((trainer.steps_per_epoch, config.batch_size), jnp.int32,
+    setup = train.TrainSetup.build(config, ds, mesh, platform=platform)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+                                    packed=setup.choices.packed_pixels)
+    order = jax.ShapeDtypeStruct((setup.steps_per_epoch, config.batch_size), jnp.int32,
                                  sharding=sharding.replicated(mesh))
     eval_batch = {k: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
                                           sharding=sharding.batch_sharded(mesh))
                   for k, x in (('image', data.eval_images), ('label', data.eval_labels),
                                ('mask', data.eval_mask))}
-    return StepInputs(trainer, trainer.abstract_state(), (_abstract(data), order), eval_batch)
+    return StepInputs(setup, setup.abstract_state(), (_abstract(data), order), eval_batch)
 
 
 def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -118,7 +118,7 @@ def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     return {
         'train_step': export.export(inputs.step_fn, platforms=platforms)(state, *inputs.args),
-        'eval_step': export.export(inputs.trainer.evaluator.sums_fn, platforms=platforms)(
+        'eval_step': export.export(inputs.setup.evaluator.sums_fn, platforms=platforms)(
             variables, None, inputs.eval_batch),
     }
 

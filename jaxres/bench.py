@@ -28,8 +28,6 @@ stays flat when the data set does not pass through memory.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import statistics
 import sys
@@ -45,35 +43,12 @@ if __name__ == '__main__':  # before JAX and TensorFlow are imported
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
 
-from jaxres import input_pipeline, models, sharding, train
+from jaxres import input_pipeline, main as jaxres_main, models, sharding, train
 
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    return config_flags.config_flags._LoadConfigModule('bench_config', path).get_config()
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """Applies ``--config.key=value`` arguments (values read as Python literals)."""
-    for arg in overrides:
-        key, sep, text = arg.removeprefix('--config.').partition('=')
-        if not arg.startswith('--config.') or not sep:
-            raise SystemExit(f'error: {arg!r} is not of the form --config.key=value')
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *path, leaf = key.split('.')
-        node = config
-        for part in path:
-            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise SystemExit(f'error: config.{key} does not exist (see configs/default.py)')
-        try:
-            node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) else value
-        except (TypeError, ValueError) as e:
-            raise SystemExit(f'error: cannot set config.{key}={text}: {e}') from None
+USAGE = ('python -m jaxres.bench --config configs/NAME.py [--batch_size 128] [--steps 10] '
+         '[--dtype DTYPE] [--input resident|streaming] [--config.key=value ...]')
 
 
 def bench_config(config: ml_collections.ConfigDict, batch_size: int, steps: int
@@ -94,7 +69,8 @@ def bench_config(config: ml_collections.ConfigDict, batch_size: int, steps: int
     return config
 
 
-def _median_time(fn, repeats: int) -> list[float]:
+def _run_times(fn: Any, repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn``, each waited for."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -103,7 +79,7 @@ def _median_time(fn, repeats: int) -> list[float]:
     return times
 
 
-def model_flops_per_step(trainer: train.Trainer, state: train.TrainState,
+def model_flops_per_step(setup: train.TrainSetup, state: train.TrainState,
                          data: input_pipeline.DeviceData, order: jax.Array) -> float:
     """FLOPs of one train step as XLA counts them with its own convolutions.
 
@@ -113,10 +89,50 @@ def model_flops_per_step(trainer: train.Trainer, state: train.TrainState,
     saved multiplications show as a higher achieved rate (direct-convolution
     equivalent GFLOP/s).
     """
-    xla_state = state.replace(apply_fn=trainer.model.clone(conv_impl='xla', max_pool='xla').apply)
-    cost = trainer.train_step_fn.lower(xla_state, data, order).cost_analysis()
+    xla_state = state.replace(apply_fn=models.with_lowerings(setup.model).apply)
+    cost = setup.train_step_fn.lower(xla_state, data, order).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def _pipeline_seconds_per_batch(setup: train.TrainSetup, data: input_pipeline.DeviceData,
+                                order: jax.Array) -> float:
+    """The input pipeline alone: gather + augment + normalise one global batch.
+
+    Timed as a stream, like the PyTorch DataLoader it is compared with and as
+    the training loop runs it: an epoch of distinct batches dispatched back to
+    back, one sync at the end (a sync per batch would time the sync).
+    """
+    config = setup.config
+    batch_fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
+        d, o, s, s // setup.steps_per_epoch, jax.random.key(config.seed + 1), setup.augmentation,
+        models.compute_dtype(config.dtype), sharding.batch_sharded(setup.mesh)))
+    step_ids = [jnp.int32(s) for s in range(setup.steps_per_epoch)]
+    jax.block_until_ready(batch_fn(data, order, step_ids[0]))
+    times = _run_times(lambda: [batch_fn(data, order, s) for s in step_ids],
+                       max(5, 100 // len(step_ids)))
+    return statistics.median(times) / len(step_ids)
+
+
+def _epoch_seconds(setup: train.TrainSetup, state: train.TrainState,
+                   data: input_pipeline.DeviceData) -> tuple[train.TrainState, float]:
+    """A whole epoch through the training loop's own code path, timed on the
+    second epoch: the first one warms the jit cache and the allocator."""
+
+    def run_epoch(state: train.TrainState) -> train.TrainState:
+        with jax.transfer_guard('disallow'):
+            unfetched_metrics = []
+            order = setup.epoch_order_fn(state.step)
+            for _ in range(setup.steps_per_epoch):
+                state, metrics = setup.train_step_fn(state, data, order)
+                unfetched_metrics.append(metrics)
+            jax.device_get(unfetched_metrics)
+        return state
+
+    state = run_epoch(state)
+    t = time.perf_counter()
+    state = run_epoch(state)
+    return state, time.perf_counter() - t
 
 
 def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
@@ -127,16 +143,16 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
     syn = config.synthetic
     ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
     mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                    packed=trainer.choices.packed_pixels)
-    state = trainer.init_state()
-    order = trainer.epoch_order_fn(state.step)
+    setup = train.TrainSetup.build(config, ds, mesh)
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+                                    packed=setup.choices.packed_pixels)
+    state = setup.init_state()
+    order = setup.epoch_order_fn(state.step)
 
     t = time.perf_counter()
-    compiled = trainer.train_step_fn.lower(state, data, order).compile()
+    compiled = setup.train_step_fn.lower(state, data, order).compile()
     compile_s = time.perf_counter() - t
-    flops = model_flops_per_step(trainer, state, data, order)
+    flops = model_flops_per_step(setup, state, data, order)
 
     # Warm-up (first execution allocates), then time single steps.
     state, _ = compiled(state, data, order)
@@ -149,39 +165,12 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
         step_times.append(time.perf_counter() - t)
     step_s = statistics.median(step_times)
 
-    # Input pipeline alone: gather + augment + normalise one global batch.
-    batch_fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
-        d, o, s, s // trainer.steps_per_epoch, jax.random.key(config.seed + 1), trainer.aug,
-        models.compute_dtype(config.dtype), sharding.batch_sharded(mesh)))
-    # Timed as a stream, like the PyTorch DataLoader it is compared with and as
-    # the training loop runs it: an epoch of distinct batches dispatched back to
-    # back, one sync at the end (a sync per batch would time the sync).
-    step_ids = [jnp.int32(s) for s in range(trainer.steps_per_epoch)]
-    jax.block_until_ready(batch_fn(data, order, step_ids[0]))
-    pipe_times = _median_time(lambda: [batch_fn(data, order, s) for s in step_ids],
-                              max(5, 100 // len(step_ids)))
-    pipe_s = statistics.median(pipe_times) / len(step_ids)
-
-    # A whole epoch through the training loop's own code path, timed on the
-    # second epoch: the first one warms the jit cache and the allocator.
-    def run_epoch(state: train.TrainState) -> train.TrainState:
-        with jax.transfer_guard('disallow'):
-            pending = []
-            order = trainer.epoch_order_fn(state.step)
-            for _ in range(trainer.steps_per_epoch):
-                state, m = trainer.train_step_fn(state, data, order)
-                pending.append(m)
-            jax.device_get(pending)
-        return state
-
-    state = run_epoch(state)
-    t = time.perf_counter()
-    state = run_epoch(state)
-    epoch_s = time.perf_counter() - t
+    pipe_s = _pipeline_seconds_per_batch(setup, data, order)
+    state, epoch_s = _epoch_seconds(setup, state, data)
 
     return {
         'backend': jax.default_backend(),
-        'conv': trainer.choices.conv,
+        'conv': setup.choices.conv,
         'devices': jax.device_count(),
         'batch_size': batch_size,
         'dtype': config.dtype,
@@ -191,9 +180,9 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
         'gflops_per_step': flops / 1e9,
         'achieved_gflop_per_s': flops / 1e9 / step_s,
         'pipeline_images_per_s': batch_size / pipe_s,
-        'epoch_steps': trainer.steps_per_epoch,
+        'epoch_steps': setup.steps_per_epoch,
         'epoch_s': epoch_s,
-        'loop_overhead': epoch_s / (trainer.steps_per_epoch * step_s),
+        'loop_overhead': epoch_s / (setup.steps_per_epoch * step_s),
     }
 
 
@@ -213,27 +202,27 @@ def run_streaming_benchmark(config: ml_collections.ConfigDict, steps: int) -> di
         config.input.kind = 'streaming'
     info = datasets.describe(config)
     mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, info, mesh,
+    setup = train.TrainSetup.build(config, info, mesh,
                                   sample_images=streaming.stem_sample(config, info))
     total = 3 * steps + 2  # pipeline alone, then one warm-up step and the timed loop
-    feed = streaming.StreamingInput(trainer.config, info, mesh, trainer.steps_per_epoch, total)
-    state = trainer.init_state()
-    step_fn = trainer.step_fn('streaming')
+    train_input = streaming.StreamingInput(setup.config, info, mesh, setup.steps_per_epoch, total)
+    state = setup.init_state()
+    step_fn = setup.step_fn('streaming')
 
-    next(feed.iterator)  # starts the workers
+    next(train_input.iterator)  # starts the workers
     t = time.perf_counter()
     for _ in range(steps):
-        jax.block_until_ready(feed.step_args(0, state))
+        jax.block_until_ready(train_input.step_args(0, state))
     pipe_s = (time.perf_counter() - t) / steps
 
-    (batch,) = feed.step_args(0, state)
+    (batch,) = train_input.step_args(0, state)
     t = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     state, _ = compiled(state, batch)
     step_times = []
     for _ in range(steps):
-        (batch,) = feed.step_args(0, state)
+        (batch,) = train_input.step_args(0, state)
         jax.block_until_ready(batch)
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
@@ -244,15 +233,15 @@ def run_streaming_benchmark(config: ml_collections.ConfigDict, steps: int) -> di
     rss = [_peak_rss_mb()]
     t = time.perf_counter()
     with jax.transfer_guard('disallow'):  # as the training loop runs it
-        pending = []
+        unfetched_metrics = []
         for i in range(steps):
-            state, m = compiled(state, *feed.step_args(i, state))
-            pending.append(m)
+            state, m = compiled(state, *train_input.step_args(i, state))
+            unfetched_metrics.append(m)
             if (i + 1) % max(1, steps // 4) == 0:
                 rss.append(_peak_rss_mb())
-        jax.device_get(pending)
+        jax.device_get(unfetched_metrics)
     loop_s = time.perf_counter() - t
-    feed.close()
+    train_input.close()
     batch_size = config.batch_size
     return {
         'input': 'streaming', 'dataset': config.dataset, 'workers': config.input.workers,
@@ -300,26 +289,47 @@ def format_table(r: dict[str, Any]) -> str:
     return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+    """The benchmark's flags; ``--config`` is launch.py's (overrides read from ``argv``)."""
+    jaxres_main.define_config_flag(flag_values, argv)
+    flags.DEFINE_integer('batch_size', 128, 'Global batch size (resident input).',
+                         flag_values=flag_values)
+    flags.DEFINE_integer('steps', 10, 'Steps timed; resident input: the steps of an epoch.',
+                         flag_values=flag_values)
+    flags.DEFINE_string('dtype', None, 'Overrides config.dtype.', flag_values=flag_values)
+    flags.DEFINE_enum('input', 'resident', ['resident', 'streaming'],
+                      "streaming: the config's own data set through grain.",
+                      flag_values=flag_values)
+    flags.mark_flags_as_required(['config'], flag_values=flag_values)
+
+
+def parse_command_line(argv: list[str]) -> tuple[flags.FlagValues, ml_collections.ConfigDict]:
+    """The flags and the config (with its overrides and ``--dtype``) of a command
+    line (``argv`` without the program name); a bad flag exits with one 'error:' line."""
+    argv = ['jaxres.bench', *argv]
+    flag_values = flags.FlagValues()
+    define_flags(flag_values, argv)
+    jaxres_main.parse_flags(flag_values, argv, USAGE)
+    config = jaxres_main.parsed_config(flag_values)
+    if flag_values.dtype:
+        config.dtype = flag_values.dtype
+    return flag_values, config
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--config', required=True)
-    parser.add_argument('--batch_size', type=int, default=128)
-    parser.add_argument('--steps', type=int, default=10)
-    parser.add_argument('--dtype', default=None, help='override config.dtype')
-    parser.add_argument('--input', default='resident', choices=('resident', 'streaming'),
-                        help="streaming: the config's own data set through grain")
-    args, overrides = parser.parse_known_args(argv)
-    config = load_config(args.config)
-    if args.dtype:
-        config.dtype = args.dtype
-    apply_overrides(config, overrides)
-    if args.input == 'streaming':
-        result = run_streaming_benchmark(config, args.steps)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {'-h', '--help'} & set(argv):
+        print(__doc__)
+        return 0
+    flag_values, config = parse_command_line(argv)
+    if flag_values.input == 'streaming':
+        result = run_streaming_benchmark(config, flag_values.steps)
         table = format_streaming_table(result)
     else:
-        result = run_benchmark(config, args.batch_size, args.steps)
+        result = run_benchmark(config, flag_values.batch_size, flag_values.steps)
         table = format_table(result)
-    result['config'] = ' '.join([args.config] + overrides)
+    overrides = [arg for arg in argv if arg.startswith('--config.')]
+    result['config'] = ' '.join([flag_values['config'].config_filename] + overrides)
     print(table)
     print(json.dumps(result))
     return 0

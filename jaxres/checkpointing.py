@@ -1,4 +1,4 @@
-"""Orbax checkpoints in ``WORKDIR/checkpoints``: save, keep, find and restore.
+"""Orbax checkpoints in ``WORKDIR/checkpoints``: save, keep, find, check and restore.
 
 Each checkpoint holds the train state (step, params, batch_stats, opt_state)
 and a JSON ``meta`` item (the resolved config and the eval metrics at that
@@ -11,9 +11,10 @@ looks whole.  Restoring goes through an abstract target whose leaves carry the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import grain
 import jax
@@ -21,6 +22,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from jaxres import config_validation
+
+if TYPE_CHECKING:
+    from jaxres import datasets
 
 
 class CheckpointError(ValueError):
@@ -159,6 +165,53 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
     return None, None
 
 
+def check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str,
+                    info: datasets.DataInfo | None = None) -> None:
+    """Refuses to resume a checkpoint written for a different model or data set.
+
+    A key the current config no longer has is not compared: it was moved or
+    dropped by a jaxres upgrade (e.g. ``model.conv_impl`` -> ``backend.conv``),
+    not changed by the user.  The data set's record count and classes must be
+    those the run started with (a data set rewritten under a run changes the
+    order of every later epoch).
+    """
+    saved = meta.get('config', {})
+    current = json.loads(config.to_json())
+    diffs = []
+    for key in ('dataset', 'model', 'optimizer.name'):
+        a = config_validation.lookup(saved, key, None)
+        b = config_validation.lookup(current, key, None)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(b)
+                      if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f'{key}: {a!r} -> {b!r}')
+    if diffs:
+        raise CheckpointError(
+            f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
+            + '. Use a new --workdir, or start from those weights on purpose with '
+            f'--config.init_from={ckpt_dir} in a new workdir.')
+    if info is None:
+        return
+    changed = []
+    if meta.get('num_train') not in (None, info.num_train):
+        changed.append(f'{meta["num_train"]} training records then, {info.num_train} now')
+    if meta.get('class_names') and list(meta['class_names']) != list(info.class_names):
+        changed.append(f'classes {_short(meta["class_names"])} then, '
+                       f'{_short(info.class_names)} now')
+    if changed:
+        raise CheckpointError(
+            f'dataset {info.name!r} changed since the checkpoints in {ckpt_dir} were written ('
+            + '; '.join(changed) + '). Restore the data set the run started with, or train '
+            'on the new one in a new --workdir (--config.init_from=' + ckpt_dir
+            + ' to start from these weights).')
+
+
+def _short(names: Any) -> str:
+    names = list(names)
+    return repr(names) if len(names) <= 4 else f'[{names[0]!r}, ... {len(names)} names]'
+
+
 def restore_data_iterator(manager: ocp.CheckpointManager, step: int, iterator: Any) -> bool:
     """Sets grain's ``iterator`` to its position saved at ``step``.
 
@@ -281,8 +334,10 @@ def open_checkpoint(path_or_which: str, workdir: str, metric: str
 
 
 def restore_variables(manager: ocp.CheckpointManager, step: int,
-                      sharding: jax.sharding.Sharding) -> dict[str, Any]:
-    """``{'params', 'batch_stats'}`` of a checkpoint, in the shapes it was saved with.
+                      sharding: jax.sharding.Sharding, use_ema: bool = False
+                      ) -> dict[str, Any]:
+    """``{'params', 'batch_stats'}`` of a checkpoint, in the shapes it was saved with
+    (with ``use_ema``, those of the weights' EMA the run kept, ``optimizer.ema_decay``).
 
     The target comes from the checkpoint's own metadata, so this works whatever
     the current model (e.g. a different class count); the optimizer state is
@@ -296,12 +351,21 @@ def restore_variables(manager: ocp.CheckpointManager, step: int,
                               f'{str(e)[:200]}).') from None
     if 'params' not in tree:
         raise CheckpointError(f'{path} is not a jaxres train state (no params).')
-    target = {k: abstract_like(tree.get(k) or {}, sharding) for k in ('params', 'batch_stats')}
+    if use_ema and not tree.get('ema'):
+        raise CheckpointError(f'{path} holds no EMA of the weights (trained without '
+                              'optimizer.ema_decay): evaluate its weights with '
+                              '--config.eval.ema=False.')
+    source = tree['ema'] if use_ema else tree
+    target = {k: abstract_like(source.get(k) or {}, sharding) for k in ('params', 'batch_stats')}
+    if use_ema:
+        target = {'ema': target}
     # Explicit restore args: each array lands on the target's (current) sharding,
     # not on the device layout recorded at save time.
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         target, restore_args=restore_args, partial_restore=True)))['state']
+    if use_ema:
+        restored = restored['ema']
     return {k: restored.get(k) or {} for k in ('params', 'batch_stats')}
 
 

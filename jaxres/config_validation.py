@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxres import backend, input_pipeline, models
+from jaxres import backend, datasets, input_pipeline, models
 
 
 class ConfigError(ValueError):
@@ -16,24 +16,14 @@ class ConfigError(ValueError):
 
 _CHOICES = {
     'dtype': ('float32', 'bfloat16'),
-    'model.block': tuple(models.BLOCKS),
-    'model.stem': ('cifar', 'imagenet', 'deep', 'conv7x7_bias', 'whiten'),
-    'model.shortcut': ('conv1x1', 'conv3x3', 'avgpool_conv1x1'),
-    'model.bottleneck_stride_on': ('3x3', '1x1'),
-    'model.activation': tuple(models.ACTIVATIONS),
-    'model.head_pool': ('avg', 'max'),
-    'model.kernel_init': tuple(models.KERNEL_INITS),
-    'model.dense_init': tuple(models.KERNEL_INITS),
-    'model.bn_running_var': ('biased', 'unbiased'),
-    'model.conv_padding': ('symmetric', 'same'),
     'backend.conv': backend.CONV_CHOICES,
     'backend.max_pool': backend.MAX_POOL_CHOICES,
     'backend.packed_pixels': backend.SWITCH_CHOICES,
     'backend.hugepages': backend.SWITCH_CHOICES,
     'optimizer.name': ('sgd', 'adam', 'muon'),
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
-    'schedule.name': ('warmup_cosine', 'constant', 'step', 'exponential', 'cosine_epochs',
-                      'onecycle'),
+    'schedule.name': ('warmup_cosine', 'constant', 'step', 'multistep', 'exponential',
+                      'cosine_epochs', 'onecycle'),
     'data.padding_mode': ('constant', 'reflect'),
     'data.flip_mode': ('random', 'alternate'),
     'schedule.anneal': ('cos', 'linear'),
@@ -48,18 +38,18 @@ _CHOICES = {
 _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedule.warmup_epochs',
                  'optimizer.weight_decay', 'optimizer.momentum', 'optimizer.grad_clip_value',
                  'optimizer.grad_clip_norm', 'label_smoothing', 'data.crop_padding',
-                 'data.image_size', 'model.stem_dropout', 'model.block_dropout',
-                 'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
+                 'data.image_size', 'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
                  'data.brightness', 'data.contrast', 'data.saturation', 'data.hue',
                  'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
                  'schedule.max_momentum', 'optimizer.lookahead_every', 'input.resident_budget_gb',
                  'input.workers', 'eval.every_steps', 'checkpoint.every_steps',
-                 'checkpoint.every_minutes', 'data.eval_resize')
+                 'checkpoint.every_minutes', 'data.eval_resize', 'train_subset',
+                 'data.cutout', 'data.mixup', 'data.cutmix')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
-             'model.stem_width', 'steps_per_dispatch', 'schedule.decay_epochs',
-             'schedule.div_factor', 'schedule.final_div_factor', 'model.whiten_kernel',
-             'model.whiten_samples', 'optimizer.bn_bias_lr_scale', 'grad_accum_steps',
+             'steps_per_dispatch', 'schedule.decay_epochs',
+             'schedule.div_factor', 'schedule.final_div_factor',
+             'optimizer.bn_bias_lr_scale', 'grad_accum_steps',
              'optimizer.muon_ns_steps', 'input.prefetch')
 
 
@@ -91,15 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in _POSITIVE:
         if lookup(config, key) <= 0:
             raise ConfigError(f'config.{key}={lookup(config, key)!r} must be > 0.')
-    m = config.model
-    if not m.stage_sizes and m.depth not in models.DEPTHS:
-        raise ConfigError(f'config.model.depth={m.depth!r} is not valid; choose one of '
-                          f'{sorted(models.DEPTHS)} or set config.model.stage_sizes.')
-    for key in ('stage_widths', 'stage_strides'):
-        given = tuple(m[key])
-        n = len(m.stage_sizes) or len(models.DEPTHS.get(m.depth, ('', ()))[1])
-        if given and len(given) != n:
-            raise ConfigError(f'config.model.{key} has {len(given)} entries for {n} stages.')
+    _validate_model(config.model)
     if len(config.data.mean) != len(config.data.std):
         raise ConfigError('config.data.mean and config.data.std differ in length.')
     _validate_augmentation(config.data)
@@ -109,6 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.eval.tta_translate and not config.eval.tta:
         raise ConfigError('config.eval.tta_translate=True needs config.eval.tta=True (the '
                           'translated views are averaged with their mirror images).')
+    if not 0 <= config.optimizer.ema_decay < 1:
+        raise ConfigError(f'config.optimizer.ema_decay={config.optimizer.ema_decay!r} must be '
+                          'in [0, 1) (0 = no EMA; e.g. 0.999).')
     if not 0 <= config.optimizer.lookahead_decay <= 1:
         raise ConfigError(f'config.optimizer.lookahead_decay={config.optimizer.lookahead_decay!r}'
                           ' must be in [0, 1].')
@@ -117,6 +102,65 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "tuple of path prefixes, e.g. ('stem/conv/kernel',).")
     if not config.dataset:
         raise ConfigError("config.dataset is empty; e.g. --config.dataset=cifar10.")
+    _validate_train_subset(config)
+
+
+def _validate_train_subset(config: ml_collections.ConfigDict) -> None:
+    """``train_subset`` takes the same count from every class: a multiple of the class
+    count, checked here when the data set's classes are known without reading it
+    (else when it is loaded, ``ImageDataset.class_balanced_subset``)."""
+    n = config.train_subset
+    known = datasets.KNOWN_SHAPES.get(config.dataset, (None,))[0]
+    classes = config.synthetic.num_classes if config.dataset == 'synthetic' else known
+    if n and classes and n % classes:
+        raise ConfigError(f'config.train_subset={n} must be a multiple of the {classes} '
+                          f'classes of {config.dataset!r} (the same count from each), e.g. '
+                          f'{(n // classes + 1) * classes}.')
+
+
+# Model keys that count things (> 0); every other number must be >= 0, and a
+# rate (dropout, stochastic depth) < 1.
+_MODEL_COUNTS = ('depth', 'stem_width', 'whiten_kernel', 'whiten_samples', 'widen_factor')
+
+
+def _validate_model(m: ml_collections.ConfigDict) -> None:
+    """``config.model`` against its family's keys and the registries' choices."""
+    try:
+        family = models.family_of(m)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    keys = models.config_keys(family)
+    unknown = sorted(set(m) - set(keys) - {'family'})
+    if unknown:
+        name = m.get('family', 'resnet')
+        raise ConfigError(f'config.model has keys {unknown} that the {name!r} family does not '
+                          f'take; its keys are {sorted(keys)}.')
+    for key, choices in getattr(family, 'choices', {}).items():
+        if m[key] not in choices:
+            raise ConfigError(f'config.model.{key}={m[key]!r} is not valid; choose one of '
+                              f'{list(choices)}.')
+    for key, value in m.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key in _MODEL_COUNTS and value <= 0:
+            raise ConfigError(f'config.model.{key}={value!r} must be > 0.')
+        if value < 0:
+            raise ConfigError(f'config.model.{key}={value!r} must be >= 0.')
+        if ('dropout' in key or key.endswith('_rate') or key == 'stochastic_depth') and value >= 1:
+            raise ConfigError(f'config.model.{key}={value!r} must be in [0, 1).')
+    if m.get('family', 'resnet') == 'resnet':
+        _validate_resnet_stages(m)
+
+
+def _validate_resnet_stages(m: ml_collections.ConfigDict) -> None:
+    if not m.stage_sizes and m.depth not in models.DEPTHS:
+        raise ConfigError(f'config.model.depth={m.depth!r} is not valid; choose one of '
+                          f'{sorted(models.DEPTHS)} or set config.model.stage_sizes.')
+    for key in ('stage_widths', 'stage_strides'):
+        given = tuple(m[key])
+        n = len(m.stage_sizes) or len(models.DEPTHS.get(m.depth, ('', ()))[1])
+        if given and len(given) != n:
+            raise ConfigError(f'config.model.{key} has {len(given)} entries for {n} stages.')
 
 
 def _validate_augmentation(d: ml_collections.ConfigDict) -> None:

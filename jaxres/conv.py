@@ -1,13 +1,12 @@
 """Convolution lowerings: XLA's own, patches x matrix ('im2col'), or Winograd.
 
-XLA:CPU runs the backward pass of a convolution an order of magnitude below the
-machine's matrix-product speed (measured here: 8 GFLOP/s for a 3x3 64->64 conv at
-batch 128 against 107 GFLOP/s for a matrix product).  Writing the conv as one
-matrix product over gathered patches lets the forward *and* both gradients run
-as matrix products; for 3x3 stride-1 convs Winograd's F(2x2, 3x3) needs 2.25x
-fewer multiplications than that product (ResNet-18's step: 32 -> 46 images/s
-here).  On GPU/TPU XLA's convolutions are the fast path, so 'auto' picks
-Winograd (and im2col for the other convs) only on CPU.
+XLA:CPU runs the backward pass of a convolution far below the machine's
+matrix-product speed.  Writing the conv as one matrix product over gathered
+patches lets the forward *and* both gradients run as matrix products; for 3x3
+stride-1 convs Winograd's F(2x2, 3x3) needs 2.25x fewer multiplications than
+that product (``benchmarks/RESULTS.md`` has the measured speeds).  On GPU/TPU
+XLA's convolutions are the fast path, so 'auto' picks Winograd (and im2col for
+the other convs) only on CPU.
 """
 from __future__ import annotations
 
@@ -153,9 +152,9 @@ def _patches_matmul(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 
 
 def _accumulation_dtype(dtype: Any) -> Any:
-    """float32 for 16-bit operands: XLA:CPU multiplies bfloat16 matrices at twice
-    the float32 speed only when asked for a float32 result; a bfloat16 result
-    makes it convert both operands to float32 first (half the float32 speed)."""
+    """float32 for 16-bit operands: XLA:CPU's fast bfloat16 matrix product is the
+    one with a float32 result; asked for a bfloat16 result, it converts both
+    operands to float32 first (``benchmarks/RESULTS.md`` has the speeds)."""
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else None
 
 

@@ -153,6 +153,25 @@ class ImageDataset:
             self, train_images=self.train_images[keep], train_labels=self.train_labels[keep],
             eval_images=self.train_images[held], eval_labels=self.train_labels[held])
 
+    def class_balanced_subset(self, size: int) -> 'ImageDataset':
+        """The first ``size / num_classes`` training examples of each class, in their
+        stored order (``config.train_subset``); the eval split is kept whole."""
+        k = self.num_classes
+        if size % k:
+            raise DataError(f'config.train_subset={size} must be a multiple of the {k} '
+                            f'classes (the same count from each), e.g. {(size // k + 1) * k}.')
+        per_class = size // k
+        counts = np.bincount(self.train_labels, minlength=k)
+        short = [f'{self.class_names[c]!r} ({counts[c]})' for c in range(k)
+                 if counts[c] < per_class]
+        if short:
+            raise DataError(f'config.train_subset={size} needs {per_class} training examples '
+                            f'per class; {", ".join(short[:5])} have fewer. Lower it.')
+        keep = np.sort(np.concatenate([np.flatnonzero(self.train_labels == c)[:per_class]
+                                       for c in range(k)]))
+        return dataclasses.replace(self, train_images=self.train_images[keep],
+                                   train_labels=self.train_labels[keep])
+
 
 def _as_uint8_nhwc(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
@@ -269,8 +288,8 @@ def _read_array_record(builder, name: str, split: str) -> tuple[np.ndarray, np.n
     """Images and labels of an ArrayRecord split: raw records read in one batch, then
     the image bytes decoded by the dataset's own feature.
 
-    Decoding runs in this thread: on the CIFAR-10 JPEG train split (2 cores) threads
-    were slower (5.3 s vs 3.8 s) and worker processes no faster (3.6-5.5 s).
+    Decoding runs in this thread: on the CIFAR-10 JPEG train split, threads were
+    slower and worker processes no faster (benchmarks/RESULTS.md).
     """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -305,6 +324,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
                        config.data_dir or None, config.download)
     if config.validation_size > 0:
         ds = ds.split_validation(config.validation_size, config.validation_from)
+    if config.get('train_subset', 0) > 0:  # configs saved before the key existed lack it
+        ds = ds.class_balanced_subset(config.train_subset)
     return ds
 
 
@@ -405,6 +426,10 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
                         'memory; streaming input evaluates on a stored split instead: set '
                         "--config.validation_size=0 (and --config.eval_split='validation' "
                         'if the data set has one).')
+    if config.get('train_subset', 0) > 0:
+        raise DataError('config.train_subset > 0 selects examples of a training set in '
+                        'memory; streaming input reads the whole stored split: use '
+                        '--config.input.kind=resident, or --config.train_subset=0.')
 
     builder = tfds_builder(config)
 

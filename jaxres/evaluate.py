@@ -51,10 +51,10 @@ def tta_probabilities(logits_fn: Callable[[Array], Array], images: Array,
 
 
 def logits(variables: dict[str, Any], images: Array, *, apply_fn: Callable,
-           aug: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False,
+           augmentation: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False,
            tta_translate: bool = False) -> Array:
     """The model's logits for uint8 images (with TTA: the log of the averaged softmax)."""
-    x = input_pipeline.normalize(images, aug, dtype)
+    x = input_pipeline.normalize(images, augmentation, dtype)
     logits_fn = lambda x: apply_fn(variables, x, train=False)
     if tta_flip:
         return jnp.log(tta_probabilities(logits_fn, x, tta_translate))
@@ -115,12 +115,14 @@ class Evaluator:
     """Batched evaluation and prediction of one model over any batch iterator."""
 
     def __init__(self, apply_fn: Callable, mesh: jax.sharding.Mesh,
-                 aug: input_pipeline.Augmentation, dtype: Any, *, tta_flip: bool = False,
-                 tta_translate: bool = False, class_names: tuple[str, ...] | None = None):
+                 augmentation: input_pipeline.Augmentation, dtype: Any, *,
+                 tta_flip: bool = False, tta_translate: bool = False,
+                 class_names: tuple[str, ...] | None = None):
         self.mesh = mesh
         self.class_names = class_names
-        self._logits = functools.partial(logits, apply_fn=apply_fn, aug=aug, dtype=dtype,
-                                         tta_flip=tta_flip, tta_translate=tta_translate)
+        self._logits = functools.partial(logits, apply_fn=apply_fn, augmentation=augmentation,
+                                         dtype=dtype, tta_flip=tta_flip,
+                                         tta_translate=tta_translate)
 
     @functools.cached_property
     def sums_fn(self) -> Callable:

@@ -2,9 +2,9 @@
 
 XLA:CPU allocates its per-step temporaries (gigabytes for a ResNet-18 step at
 batch 128) afresh on every step; with 4 KiB pages the kernel then takes a page
-fault and zeroes a page for every 4 KiB touched (measured here: ~140,000 faults
-for one 600 MB im2col temporary, more time than the matrix product that reads
-it).  glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc ask for
+fault and zeroes a page for every 4 KiB touched, which can take longer than the
+matrix product that reads the memory (``benchmarks/RESULTS.md`` has the
+measurements).  glibc's ``glibc.malloc.hugetlb=1`` tunable makes malloc ask for
 transparent huge pages (2 MiB), 512x fewer faults.  glibc reads tunables only at
 start-up, so the entry points re-execute themselves once with it set.
 

@@ -21,7 +21,7 @@ hosts, and a resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +40,15 @@ Array = jax.Array
 class DeviceData:
     """Arrays on the device(s): the training set (replicated) and eval batches.
 
-    ``train_images`` is, when ``packed``, (N, H, W + 2 * train_padding) pixel
-    words (``pack_pixels``) with ``channels`` channels each, the columns padded
-    by ``train_padding`` in ``padding_mode``; else (N, H, W, C) uint8.  ``eval_images`` is
-    (num_batches, batch, H, W, C) uint8, sharded over ``data`` on the batch axis;
-    ``eval_mask`` marks the padding added to fill the last batch.
+    ``train_pixels`` holds the training images in one of two layouts: when
+    ``packed``, (N, H, W + 2 * train_padding) pixel words (``pack_pixels``: a
+    pixel's ``channels`` uint8 values in one unsigned int), the columns padded by
+    ``train_padding`` in ``padding_mode``; else (N, H, W, C) uint8 images.
+    ``eval_images`` is (num_batches, batch, H, W, C) uint8, sharded over ``data``
+    on the batch axis; ``eval_mask`` marks the padding added to fill the last batch.
     """
 
-    train_images: Array
+    train_pixels: Array
     train_labels: Array
     eval_images: Array
     eval_labels: Array
@@ -58,8 +59,36 @@ class DeviceData:
     packed: bool = dataclasses.field(default=True, metadata=dict(static=True))
 
 
-# The augmentation ops, in the order ``augment`` applies them by default.
-AUGMENT_OPS = ('color_jitter', 'random_resized_crop', 'affine', 'crop', 'hflip', 'vflip')
+class AugmentOp(NamedTuple):
+    """A registered augmentation op.
+
+    ``apply(images, keys, augmentation, flips) -> images`` with one key per
+    example (``flips``: airbench's alternating flips, or None); ``enabled``
+    says whether ``augmentation``'s settings turn it on; ``whole_pixels`` ops
+    only move whole pixels, so they also run on packed pixel words (n, H, W, 1).
+    """
+
+    apply: Callable[..., Array]
+    enabled: Callable[['Augmentation'], bool]
+    whole_pixels: bool = False
+
+
+# name -> op, in the order ``augment`` applies them when ``data.augment_order`` is
+# empty (registration order: ``register_op``).
+AUGMENT_OPS: dict[str, AugmentOp] = {}
+
+
+def register_op(name: str, enabled: Callable[['Augmentation'], bool],
+                whole_pixels: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: registers ``apply`` as the augmentation op ``name``."""
+
+    def add(apply: Callable) -> Callable:
+        if name in AUGMENT_OPS:
+            raise ValueError(f'augmentation op {name!r} is registered twice.')
+        AUGMENT_OPS[name] = AugmentOp(apply, enabled, whole_pixels)
+        return apply
+
+    return add
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,31 +121,32 @@ class Augmentation:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     standardize: str = 'channel'
     order: tuple[str, ...] = ()
+    cutout: int = 0
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'Augmentation':
         return cls.from_config_data(config.data)
 
     @classmethod
-    def from_config_data(cls, d: ml_collections.ConfigDict) -> 'Augmentation':
-        return cls(mean=tuple(d.mean), std=tuple(d.std), crop_padding=d.crop_padding,
-                   padding_mode=d.padding_mode, hflip=d.hflip,
-                   flip_mode=d.get('flip_mode', 'random'), image_size=d.image_size,
-                   vflip=d.vflip, rotation=d.rotation, width_shift=d.width_shift,
-                   height_shift=d.height_shift, interpolation=d.interpolation, fill=d.fill,
-                   brightness=d.brightness, contrast=d.contrast, saturation=d.saturation,
-                   hue=d.hue, random_resized_crop=d.random_resized_crop,
-                   crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                   standardize=d.standardize, order=tuple(d.augment_order))
+    def from_config_data(cls, data: ml_collections.ConfigDict) -> 'Augmentation':
+        """From ``config.data``."""
+        return cls(mean=tuple(data.mean), std=tuple(data.std), crop_padding=data.crop_padding,
+                   padding_mode=data.padding_mode, hflip=data.hflip,
+                   flip_mode=data.get('flip_mode', 'random'), image_size=data.image_size,
+                   vflip=data.vflip, rotation=data.rotation, width_shift=data.width_shift,
+                   height_shift=data.height_shift, interpolation=data.interpolation,
+                   fill=data.fill, brightness=data.brightness, contrast=data.contrast,
+                   saturation=data.saturation, hue=data.hue,
+                   random_resized_crop=data.random_resized_crop,
+                   crop_scale=tuple(data.crop_scale), crop_ratio=tuple(data.crop_ratio),
+                   standardize=data.standardize, order=tuple(data.augment_order),
+                   cutout=data.cutout, mixup=data.mixup, cutmix=data.cutmix)
 
     def enabled_ops(self) -> tuple[str, ...]:
         """The ops whose settings turn them on, in the default order."""
-        on = {'color_jitter': bool(self.brightness or self.contrast or self.saturation
-                                   or self.hue),
-              'random_resized_crop': self.random_resized_crop,
-              'affine': bool(self.rotation or self.width_shift or self.height_shift),
-              'crop': self.crop_padding > 0, 'hflip': self.hflip, 'vflip': self.vflip}
-        return tuple(op for op in AUGMENT_OPS if on[op])
+        return tuple(name for name, op in AUGMENT_OPS.items() if op.enabled(self))
 
     def ops(self) -> tuple[str, ...]:
         """The ops ``augment`` applies, in order."""
@@ -215,9 +245,11 @@ def unpack_pixels(words: Array, channels: int) -> Array:
     return ((words[..., None] >> shifts) & 0xFF).astype(jnp.uint8)
 
 
-def stored_padding(aug: Augmentation | None) -> int:
+def stored_padding(augmentation: Augmentation | None) -> int:
     """The column padding to store: the crop's, when the crop is the first op."""
-    return aug.crop_padding if aug is not None and aug.ops()[:1] == ('crop',) else 0
+    if augmentation is None or augmentation.ops()[:1] != ('crop',):
+        return 0
+    return augmentation.crop_padding
 
 
 def place_eval_batches(images: np.ndarray, labels: np.ndarray, mesh: Mesh, batch_size: int
@@ -232,26 +264,26 @@ def place_eval_batches(images: np.ndarray, labels: np.ndarray, mesh: Mesh, batch
 
 
 def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
-              aug: Augmentation | None = None, with_train: bool = True,
+              augmentation: Augmentation | None = None, with_train: bool = True,
               packed: bool = True) -> DeviceData:
     """Places the training set (replicated) and the eval batches (sharded).
 
     ``packed`` stores the training set as pixel words (the CPU's fast path);
-    with the run's ``aug`` they are padded for its crop, and the crop is then
-    the gather itself; without, any ``aug`` still gives the same batches, the
-    slower way.  ``packed=False`` stores uint8 images (GPU/TPU).  The eval batch
+    with the run's ``augmentation`` they are padded for its crop, and the crop is
+    then the gather itself; without, any ``augmentation`` still gives the same
+    batches, the slower way.  ``packed=False`` stores uint8 images (GPU/TPU).  The eval batch
     is rounded up to a multiple of the device count (padded and masked).
     ``with_train=False`` (evaluation only) leaves the training set on the host:
     its arrays are empty.
     """
     replicated = NamedSharding(mesh, P())
     ex, ey, em = place_eval_batches(ds.eval_images, ds.eval_labels, mesh, eval_batch_size)
-    padding = stored_padding(aug) if packed else 0
-    mode = aug.padding_mode if aug is not None and packed else 'constant'
+    padding = stored_padding(augmentation) if packed else 0
+    mode = augmentation.padding_mode if augmentation is not None and packed else 'constant'
     keep = slice(None) if with_train else slice(0)
     train_images = ds.train_images[keep]
     return DeviceData(
-        train_images=_global_array(
+        train_pixels=_global_array(
             pack_pixels(train_images, padding, mode) if packed else train_images, replicated),
         train_labels=_global_array(ds.train_labels[keep].astype(np.int32), replicated),
         eval_images=ex, eval_labels=ey, eval_mask=em,
@@ -270,25 +302,26 @@ def epoch_order(data_key: Array, epoch: Array, num_examples: int, steps_per_epoc
     return perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
 
 
-def normalize(images: Array, aug: Augmentation, dtype: Any = jnp.float32) -> Array:
+def normalize(images: Array, augmentation: Augmentation, dtype: Any = jnp.float32) -> Array:
     """uint8 -> float, optionally resized, standardised (the same for train and eval).
 
-    ``aug.standardize``: 'channel'/'scalar' use ``aug.mean``/``aug.std`` (one value
-    broadcasts over the channels); 'image' uses each image's own mean and std,
+    ``augmentation.standardize``: 'channel'/'scalar' use its ``mean``/``std`` (one
+    value broadcasts over the channels); 'image' uses each image's own mean and std,
     as ``tf.image.per_image_standardization``.
     """
     x = images.astype(jnp.float32) / 255.0
-    if aug.image_size and x.shape[1] != aug.image_size:
-        x = jax.image.resize(x, x.shape[:1] + (aug.image_size, aug.image_size) + x.shape[3:],
-                             'bilinear')
-    if aug.standardize == 'image':
+    size = augmentation.image_size
+    if size and x.shape[1] != size:
+        x = jax.image.resize(x, x.shape[:1] + (size, size) + x.shape[3:], 'bilinear')
+    if augmentation.standardize == 'image':
         axes = tuple(range(1, x.ndim))
         mean = jnp.mean(x, axes, keepdims=True)
         # The floor keeps a constant image finite (TF's 1/sqrt(num_pixels)).
         floor = 1.0 / jnp.sqrt(jnp.float32(x[0].size))
         x = (x - mean) / jnp.maximum(jnp.std(x, axes, keepdims=True), floor)
     else:
-        x = (x - jnp.asarray(aug.mean, jnp.float32)) / jnp.asarray(aug.std, jnp.float32)
+        x = ((x - jnp.asarray(augmentation.mean, jnp.float32))
+             / jnp.asarray(augmentation.std, jnp.float32))
     return x.astype(dtype)
 
 
@@ -507,17 +540,49 @@ def _first_crop_and_flip_keys(keys: Array) -> tuple[Array, Array]:
     return jax.vmap(lambda k: jax.random.split(k, 2), out_axes=1)(keys)
 
 
-# Ops that only move whole pixels: they run on packed pixel words as well.
-PIXEL_MOVES = ('crop', 'hflip', 'vflip')
+# The registered ops, in their default order.  Each adapts a pure function of
+# this module to (images, keys, augmentation, flips).
+@register_op('color_jitter', lambda a: bool(a.brightness or a.contrast or a.saturation or a.hue))
+def _color_jitter_op(images, keys, a, flips):
+    return random_color_jitter(images, keys, a.brightness, a.contrast, a.saturation, a.hue)
 
 
-def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None = None,
-            start: int = 0) -> Array:
+@register_op('random_resized_crop', lambda a: a.random_resized_crop)
+def _random_resized_crop_op(images, keys, a, flips):
+    return random_resized_crop(images, keys, a.image_size or images.shape[1], a.crop_scale,
+                               a.crop_ratio)
+
+
+@register_op('affine', lambda a: bool(a.rotation or a.width_shift or a.height_shift))
+def _affine_op(images, keys, a, flips):
+    return random_affine(images, keys, a.rotation, a.height_shift, a.width_shift,
+                         a.interpolation, a.fill)
+
+
+@register_op('crop', lambda a: a.crop_padding > 0, whole_pixels=True)
+def _crop_op(images, keys, a, flips):
+    return random_crop(images, keys, a.crop_padding, a.padding_mode)
+
+
+@register_op('hflip', lambda a: a.hflip, whole_pixels=True)
+def _hflip_op(images, keys, a, flips):
+    if flips is None:
+        return random_hflip(images, keys)
+    return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
+@register_op('vflip', lambda a: a.vflip, whole_pixels=True)
+def _vflip_op(images, keys, a, flips):
+    return random_vflip(images, keys)
+
+
+def augment(images: Array, keys: Array, augmentation: Augmentation,
+            flips: Array | None = None, start: int = 0) -> Array:
     """Per-example random augmentation of uint8 images (one key per example).
 
-    Applies ``aug.ops()[start:]`` in order (the first ``start`` ops were applied
-    already, e.g. a crop done by the gather); ``PIXEL_MOVES`` also run on pixel
-    words, (n, H, W, 1).  ``flips`` (per-example booleans), when given, decide
+    Applies ``augmentation.ops()[start:]`` in order (the first ``start`` ops were
+    applied already, e.g. a crop done by the gather); ops registered with
+    ``whole_pixels`` also run on pixel words, (n, H, W, 1).  ``flips`` (per-example booleans), when given, decide
     the horizontal flips instead of random draws.  The first crop and first
     horizontal flip draw from the same keys as before these ops existed, so runs
     that use only them keep their exact batches; every other op (or repeat) gets
@@ -525,89 +590,144 @@ def augment(images: Array, keys: Array, aug: Augmentation, flips: Array | None =
     """
     crop_keys, flip_keys = _first_crop_and_flip_keys(keys)
     first = {'crop': crop_keys, 'hflip': flip_keys}
-    for i, op in enumerate(aug.ops()):
+    for i, op in enumerate(augmentation.ops()):
         op_keys = first.pop(op, None)
         if i < start:
             continue
         if op_keys is None:
             op_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
-        if op == 'crop':
-            images = random_crop(images, op_keys, aug.crop_padding, aug.padding_mode)
-        elif op == 'hflip' and flips is not None:
-            images = jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
-        elif op == 'hflip':
-            images = random_hflip(images, op_keys)
-        elif op == 'vflip':
-            images = random_vflip(images, op_keys)
-        elif op == 'affine':
-            images = random_affine(images, op_keys, aug.rotation, aug.height_shift,
-                                   aug.width_shift, aug.interpolation, aug.fill)
-        elif op == 'color_jitter':
-            images = random_color_jitter(images, op_keys, aug.brightness, aug.contrast,
-                                         aug.saturation, aug.hue)
-        elif op == 'random_resized_crop':
-            images = random_resized_crop(images, op_keys, aug.image_size or images.shape[1],
-                                         aug.crop_scale, aug.crop_ratio)
-        else:
-            raise ValueError(f'unknown augmentation op {op!r}')
+        images = AUGMENT_OPS[op].apply(images, op_keys, augmentation, flips)
     return images
 
 
-def example_keys(data_key: Array, idx: Array, pos: Array, epoch: Array, aug: Augmentation
-                 ) -> tuple[Array, Array | None]:
+def example_keys(data_key: Array, idx: Array, position: Array, epoch: Array,
+                 augmentation: Augmentation) -> tuple[Array, Array | None]:
     """Per-example augmentation keys from (seed, epoch, position in the epoch), and
     airbench's alternating flips of the examples ``idx`` (None unless configured).
 
-    Position ``pos`` is the step within the epoch: the keys do not depend on the
+    ``position`` is the step within the epoch: the keys do not depend on the
     device or host count, nor on whether the batch was gathered or streamed.
     """
     batch_size = idx.shape[0]
     epoch_key = jax.random.fold_in(jax.random.fold_in(data_key, 1), epoch)
-    positions = pos * batch_size + jnp.arange(batch_size)
+    positions = position * batch_size + jnp.arange(batch_size)
     keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(positions)
-    flips = alternate_flips(data_key, idx, epoch) if aug.flip_mode == 'alternate' else None
+    flips = alternate_flips(data_key, idx, epoch) if augmentation.flip_mode == 'alternate' else None
     return keys, flips
 
 
-def augment_batch(images: Array, labels: Array, idx: Array, pos: Array, epoch: Array,
-                  data_key: Array, aug: Augmentation, dtype: Any = jnp.float32
+def random_cutout(images: Array, keys: Array, size: int) -> Array:
+    """Cutout (DeVries & Taylor 2017): in each image, a ``size`` x ``size`` square
+    centred on a uniformly random pixel (clipped at the borders) set to zero.
+
+    Applied to *normalised* images, as the authors' code applies it after
+    ``Normalize``: zero is the mean colour under per-channel normalisation.
+    """
+    n, h, w = images.shape[:3]
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+
+    def one(img, key):
+        cy, cx = jax.random.randint(key, (2,), 0, jnp.asarray([h, w]))
+        inside = ((rows >= cy - size // 2) & (rows < cy + size // 2)
+                  & (cols >= cx - size // 2) & (cols < cx + size // 2))
+        return jnp.where(inside[:, :, None], jnp.zeros((), img.dtype), img)
+
+    return jax.vmap(one)(images, keys)
+
+
+def mix_with_partner(images: Array, labels: Array, keys: Array, mixup: float,
+                     cutmix: float) -> dict[str, Array]:
+    """mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019), per example.
+
+    Each example is mixed with the one before it in the (shuffled) batch.  mixup
+    blends the two images with weight lam ~ Beta(mixup, mixup); CutMix pastes
+    the partner's pixels into a box of area fraction 1 - lam, lam ~ Beta(cutmix,
+    cutmix), centred at a random pixel and clipped at the borders, after which
+    lam is the area actually kept (the CutMix authors' code).  With both > 0, each
+    example uses one of them with probability 1/2.  Returns the batch with
+    ``mixed_label`` (the partner's label) and ``mix_weight`` (lam): the loss is
+    lam * CE(label) + (1 - lam) * CE(mixed_label) (``train.batch_loss``).
+    """
+    n, h, w = images.shape[:3]
+    partner_images, partner_labels = jnp.roll(images, 1, axis=0), jnp.roll(labels, 1, axis=0)
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+
+    def one(img, other, key):
+        kpick, kmix, kcut, ky, kx = jax.random.split(key, 5)
+        use_cutmix = (cutmix > 0) & ((mixup == 0) | jax.random.bernoulli(kpick))
+        lam_mix = jax.random.beta(kmix, mixup, mixup) if mixup > 0 else jnp.float32(1)
+        lam_cut = jax.random.beta(kcut, cutmix, cutmix) if cutmix > 0 else jnp.float32(1)
+        half_h = (h * jnp.sqrt(1 - lam_cut)).astype(jnp.int32) // 2
+        half_w = (w * jnp.sqrt(1 - lam_cut)).astype(jnp.int32) // 2
+        cy, cx = jax.random.randint(ky, (), 0, h), jax.random.randint(kx, (), 0, w)
+        y1, y2 = jnp.clip(cy - half_h, 0, h), jnp.clip(cy + half_h, 0, h)
+        x1, x2 = jnp.clip(cx - half_w, 0, w), jnp.clip(cx + half_w, 0, w)
+        box = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
+        cut = jnp.where(box[:, :, None], other, img)
+        blend = (lam_mix * img.astype(jnp.float32)
+                 + (1 - lam_mix) * other.astype(jnp.float32)).astype(img.dtype)
+        lam_box = 1 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (h * w)
+        return (jnp.where(use_cutmix, cut, blend), jnp.where(use_cutmix, lam_box, lam_mix))
+
+    mixed, weight = jax.vmap(one)(images, partner_images, keys)
+    return {'image': mixed, 'label': labels, 'mixed_label': partner_labels,
+            'mix_weight': weight}
+
+
+def finish_batch(images: Array, labels: Array, keys: Array, augmentation: Augmentation,
+                 dtype: Any = jnp.float32) -> dict[str, Array]:
+    """The training batch from augmented uint8 images: ``normalize``, then cutout,
+    then mixup/CutMix when configured (each with its own key per example)."""
+    x = normalize(images, augmentation, dtype)
+    if augmentation.cutout:
+        x = random_cutout(x, jax.vmap(lambda k: jax.random.fold_in(k, 2000))(keys),
+                          augmentation.cutout)
+    if augmentation.mixup or augmentation.cutmix:
+        return mix_with_partner(x, labels, jax.vmap(lambda k: jax.random.fold_in(k, 3000))(keys),
+                                augmentation.mixup, augmentation.cutmix)
+    return {'image': x, 'label': labels}
+
+
+def augment_batch(images: Array, labels: Array, idx: Array, position: Array, epoch: Array,
+                  data_key: Array, augmentation: Augmentation, dtype: Any = jnp.float32
                   ) -> dict[str, Array]:
-    """A training batch from uint8 images (N, H, W, C): every op of ``aug``, then
+    """A training batch from uint8 images (N, H, W, C): every op of ``augmentation``, then
     ``normalize``.  ``idx`` are the examples' indices in the data set."""
-    keys, flips = example_keys(data_key, idx, pos, epoch, aug)
-    return {'image': normalize(augment(images, keys, aug, flips), aug, dtype), 'label': labels}
+    keys, flips = example_keys(data_key, idx, position, epoch, augmentation)
+    images = augment(images, keys, augmentation, flips)
+    return finish_batch(images, labels, keys, augmentation, dtype)
 
 
 def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_key: Array,
-                aug: Augmentation, dtype: Any = jnp.float32,
+                augmentation: Augmentation, dtype: Any = jnp.float32,
                 batch_sharding: NamedSharding | None = None) -> dict[str, Array]:
     """The augmented global batch for ``step`` (within its epoch's ``order``).
 
     When ``data`` was stored padded for this crop (``to_device`` with the same
-    ``aug``) and the crop is the first op, the crop is the gather itself.
+    ``augmentation``) and the crop is the first op, the crop is the gather itself.
     """
     steps_per_epoch, batch_size = order.shape
-    pos = step % steps_per_epoch
-    idx = jax.lax.dynamic_index_in_dim(order, pos, keepdims=False)
+    position = step % steps_per_epoch
+    idx = jax.lax.dynamic_index_in_dim(order, position, keepdims=False)
     if batch_sharding is not None:
         # Shard the indices: each device then gathers and augments only its slice.
         idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     labels = data.train_labels[idx]
     if not data.packed:  # uint8 images: every op, the crop included, per example
-        return augment_batch(data.train_images[idx], labels, idx, pos, epoch, data_key, aug,
-                             dtype)
-    keys, flips = example_keys(data_key, idx, pos, epoch, aug)
-    ops, pad = aug.ops(), data.train_padding
+        return augment_batch(data.train_pixels[idx], labels, idx, position, epoch, data_key,
+                             augmentation, dtype)
+    keys, flips = example_keys(data_key, idx, position, epoch, augmentation)
+    ops, pad = augmentation.ops(), data.train_padding
     # The first op is a crop the data were padded for: it is the gather itself.
-    fused = (ops[:1] == ('crop',) and pad == aug.crop_padding
-             and data.padding_mode == aug.padding_mode)
-    offsets = (crop_offsets(_first_crop_and_flip_keys(keys)[0], pad) if fused
+    crop_by_gather = (ops[:1] == ('crop',) and pad == augmentation.crop_padding
+                      and data.padding_mode == augmentation.padding_mode)
+    offsets = (crop_offsets(_first_crop_and_flip_keys(keys)[0], pad) if crop_by_gather
                else jnp.full((batch_size, 2), pad))
-    words = gather_windows(data.train_images, idx, offsets, pad, data.padding_mode)
-    start = int(fused)
-    if all(op in PIXEL_MOVES for op in ops[start:]):
-        words = augment(words[..., None], keys, aug, flips, start)[..., 0]
+    words = gather_windows(data.train_pixels, idx, offsets, pad, data.padding_mode)
+    start = int(crop_by_gather)
+    if all(AUGMENT_OPS[op].whole_pixels for op in ops[start:]):
+        words = augment(words[..., None], keys, augmentation, flips, start)[..., 0]
         images = unpack_pixels(words, data.channels)
     else:
-        images = augment(unpack_pixels(words, data.channels), keys, aug, flips, start)
-    return {'image': normalize(images, aug, dtype), 'label': labels}
+        images = augment(unpack_pixels(words, data.channels), keys, augmentation, flips, start)
+    return finish_batch(images, labels, keys, augmentation, dtype)

@@ -1,20 +1,27 @@
-"""Entry points behind ``launch.py``: one function per ``--mode``."""
+"""Entry points behind ``launch.py``: one function per ``--mode``, and the command
+line's config loading (``--config FILE --config.key=value``, shared with
+``jaxres.bench``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from jaxres import backend, checkpointing, config_validation, console, datasets, evaluate
-from jaxres import input_pipeline, models, safe_io, sharding, streaming, summary, train
+from jaxres import input_pipeline, models, preemption, safe_io, sharding, streaming, summary
+from jaxres import train
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
+LAUNCH_USAGE = ('python launch.py --config configs/NAME.py --workdir DIR '
+                '[--mode train|eval|predict|summary] [--config.key=value ...]')
 
 USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
                checkpointing.CheckpointError, train.NonFiniteLossError)
@@ -47,7 +54,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     config = evaluate.with_saved_normalization(config, checkpointing.read_meta(manager, step))
     mesh = sharding.make_data_mesh()
     batches, class_names, image_shape, split = eval_batches(config, mesh)
-    restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
+    restored = checkpointing.restore_variables(
+        manager, step, sharding.replicated(mesh),
+        use_ema=bool(config.eval.ema and config.optimizer.ema_decay > 0))
     num_classes = int(restored['params']['head']['kernel'].shape[-1])
     choices = backend.choose(config)
     dtype = models.compute_dtype(config.dtype)
@@ -102,7 +111,8 @@ def summarize(config: ml_collections.ConfigDict) -> str:
     return summary.model_summary(config, num_classes, shape)
 
 
-def explain_flag_error(argv: list[str], error: Exception) -> str:
+def explain_flag_error(argv: list[str], error: Exception, usage: str = LAUNCH_USAGE
+                       ) -> str:
     """One line for a bad flag: names the override and where valid keys are listed."""
     while error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]  # ml_collections wraps a KeyError in an AttributeError
@@ -117,8 +127,47 @@ def explain_flag_error(argv: list[str], error: Exception) -> str:
             if key.split('.')[-1] in text or key in text:
                 return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
                         'against configs/default.py, which lists every key.')
-    return f'{text}. Usage: python launch.py --config configs/NAME.py --workdir DIR ' \
-           '[--mode train|eval|predict|summary] [--config.key=value ...]'
+    return f'{text}. Usage: {usage}'
+
+
+def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str] | None = None
+                       ) -> None:
+    """``--config FILE``, with ml_collections' ``--config.key=value`` overrides.
+
+    ``argv`` is the command line the overrides are read from (default ``sys.argv``).
+    """
+    config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.',
+                                    flag_values=flag_values, lock_config=True,
+                                    sys_argv=None if argv is None else list(argv))
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str],
+                usage: str = LAUNCH_USAGE) -> list[str]:
+    """absl parsing, with bad flags and config overrides as one 'error:' line."""
+    try:
+        return flag_values(list(argv))
+    except Exception as e:  # flags.Error, or ml_collections' KeyError/AttributeError/TypeError
+        sys.exit('error: ' + explain_flag_error(list(argv), e, usage))
+
+
+def parsed_config(flag_values: flags.FlagValues) -> ml_collections.ConfigDict:
+    """The ``--config`` after parsing; a file that does not load is one 'error:' line."""
+    try:
+        config = flag_values.config
+        config.keys()  # a config file that failed to load raises on first use
+    except OSError as e:  # config_flags loads the file lazily
+        sys.exit('error: cannot load --config: ' + str(e).strip().splitlines()[-1].strip())
+    return config
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config file at ``path`` with ``--config.key=value`` ``overrides``, parsed
+    as the command line's ``--config`` is (for scripts and tests)."""
+    argv = ['load_config', f'--config={path}', *overrides]
+    flag_values = flags.FlagValues()
+    define_config_flag(flag_values, argv)
+    parse_flags(flag_values, argv)
+    return parsed_config(flag_values)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
@@ -144,9 +193,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
     except USER_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    except train.Preempted as e:
+    except preemption.Preempted as e:
         print(str(e), file=sys.stderr)
-        return train.PREEMPTED_EXIT_CODE
+        return preemption.PREEMPTED_EXIT_CODE
     return 0
 
 

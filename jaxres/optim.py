@@ -104,6 +104,9 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
     if s.name in ('step', 'exponential'):
         every = s.decay_epochs if s.name == 'step' else 1
         return epoch_decay_schedule(lr, s.decay_rate, every, steps_per_epoch, s.epoch_offset)
+    if s.name == 'multistep':  # PyTorch MultiStepLR, stepped per epoch
+        return optax.piecewise_constant_schedule(
+            lr, {int(m) * steps_per_epoch: s.decay_rate for m in s.milestones})
     if s.name == 'cosine_epochs':
         return epoch_cosine_schedule(lr, s.end_learning_rate, num_epochs, steps_per_epoch)
     if s.name == 'onecycle':

@@ -29,6 +29,7 @@ import io
 import os
 from typing import Any, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -178,7 +179,7 @@ def image_batches(images: np.ndarray, mesh: jax.sharding.Mesh, batch_size: int
                for k, v in (('image', batch), ('mask', mask))}
 
 
-def variables_for(model: models.ResNet, restored: dict[str, Any],
+def variables_for(model: nn.Module, restored: dict[str, Any],
                   image_shape: Sequence[int]) -> dict[str, Any]:
     """Checks the restored tree against ``model`` (built from the config) at this input."""
     expected = jax.eval_shape(functools.partial(
@@ -271,7 +272,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     meta = checkpointing.read_meta(manager, step)
     check_image_shape(images, meta.get('image_shape'), config.predict.input or 'the images')
     mesh = sharding.make_data_mesh()
-    restored = checkpointing.restore_variables(manager, step, sharding.replicated(mesh))
+    restored = checkpointing.restore_variables(
+        manager, step, sharding.replicated(mesh),
+        use_ema=bool(config.eval.ema and config.optimizer.ema_decay > 0))
     num_classes = int(restored['params']['head']['kernel'].shape[-1])
     dtype = models.compute_dtype(config.dtype)
     choices = backend.choose(config)

@@ -435,13 +435,13 @@ def _map_bounded(fn: Callable, chunks: Iterable, workers: int) -> Iterator:
         return
     # forkserver: the parent may already run TensorFlow's threads, fork is unsafe then.
     with multiprocessing.get_context('forkserver').Pool(workers) as pool:
-        pending = collections.deque()
+        in_flight = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(fn, (chunk,)))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+            in_flight.append(pool.apply_async(fn, (chunk,)))
+            if len(in_flight) >= 4 * workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
 
 
 def check_images(ds: FolderDataset, workers: int | None = None,

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxres import datasets, host_transforms, input_pipeline, sharding
+from jaxres import datasets, host_transforms, input_pipeline, models, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +126,12 @@ def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
 
 def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo
                 ) -> np.ndarray | None:
-    """The first training images the 'whiten' stem is computed from (else None)."""
-    if config.model.stem != 'whiten':
+    """The first training images a model computes initial weights from (airbench's
+    whitening stem; else None)."""
+    count = models.data_init_size(models.create_model(config.model, info.num_classes))
+    if not count:
         return None
-    return first_images(datasets.open_sources(config, info)[0], config.model.whiten_samples,
+    return first_images(datasets.open_sources(config, info)[0], count,
                         info.channels)
 
 
@@ -214,10 +216,11 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
                 for k, v in batch.items()}
 
 
-def jit_augmentation(aug: input_pipeline.Augmentation) -> input_pipeline.Augmentation:
+def jit_augmentation(augmentation: input_pipeline.Augmentation
+                     ) -> input_pipeline.Augmentation:
     """The ops left for the jitted step: all but RandomResizedCrop (done on the host)."""
-    ops = tuple(op for op in aug.ops() if op != 'random_resized_crop')
-    return dataclasses.replace(aug, random_resized_crop=False, order=ops)
+    ops = tuple(op for op in augmentation.ops() if op != 'random_resized_crop')
+    return dataclasses.replace(augmentation, random_resized_crop=False, order=ops)
 
 
 class StreamingInput:

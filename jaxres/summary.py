@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,7 +14,7 @@ from clu import parameter_overview
 from jaxres import models
 
 
-def flops_per_example(model: models.ResNet, variables: Any, shape: tuple[int, ...]
+def flops_per_example(model: nn.Module, variables: Any, shape: tuple[int, ...]
                       ) -> float | None:
     """Inference FLOPs of one image from XLA's cost analysis; None where unavailable.
 
@@ -24,7 +25,7 @@ def flops_per_example(model: models.ResNet, variables: Any, shape: tuple[int, ..
     """
     x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
     try:
-        xla_model = model.clone(conv_impl='xla')
+        xla_model = models.with_lowerings(model)
         cost = jax.jit(lambda v, x: xla_model.apply(v, x, train=False)).lower(
             variables, x).cost_analysis()
     except Exception:  # pylint: disable=broad-except  # some backends have no cost model

@@ -1,12 +1,14 @@
-"""Train state, the pure train step, and the training loop.
+"""Train state, the pure train step, the step functions built from a config, and
+the training loop.
 
 ``train_step(state, batch) -> (state, metrics)`` is a plain function; jit,
-shardings and buffer donation are applied in ``Trainer`` where it is used.  The
-loop asks its input (``input_pipeline.ResidentInput`` or
-``streaming.StreamingInput``) for each step's arguments and evaluation batches;
-evaluation is ``evaluate.Evaluator``'s.  It runs under
-``jax.transfer_guard('disallow')``: the only host<->device copies are the
-explicit ones (streamed batches, and log, eval and checkpoint steps).
+shardings and buffer donation are applied in ``TrainSetup`` where it is used.
+The loop, ``train_and_evaluate``, asks its input (``input_pipeline.ResidentInput``
+or ``streaming.StreamingInput``) for each step's arguments and evaluation
+batches; evaluation is ``evaluate.Evaluator``'s, and ``Cadence`` decides when it
+logs, evaluates and checkpoints.  It runs under ``jax.transfer_guard('disallow')``:
+the only host<->device copies are the explicit ones (streamed batches, and log,
+eval and checkpoint steps).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from typing import Any, Callable, Iterable
 
@@ -29,15 +30,17 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from clu import periodic_actions
+import flax.linen as nn
+from flax import traverse_util
 from flax.training import train_state
 
 from jaxres import backend, checkpointing, config_validation, datasets, evaluate
-from jaxres import input_pipeline
-from jaxres import metric_logging
-from jaxres import models, optim, safe_io, sharding, streaming
+from jaxres import input_pipeline, metric_logging, models, optim, preemption, safe_io
+from jaxres import sharding, streaming
 
 Array = jax.Array
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue"
+# What the loop reads its steps' arguments and eval batches from.
+TrainInput = input_pipeline.ResidentInput | streaming.StreamingInput
 
 
 class TrainState(train_state.TrainState):
@@ -46,6 +49,9 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
     # EMA of {'params', 'batch_stats'} for optimizer.lookahead_every > 0, else None.
     lookahead: Any = None
+    # EMA of {'params', 'batch_stats'} for optimizer.ema_decay > 0 (evaluated and
+    # saved beside the live weights; training never reads it), else None.
+    ema: Any = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,6 +61,18 @@ class NonFiniteLossError(FloatingPointError):
 # --------------------------------------------------------------------------- #
 # Pure functions
 # --------------------------------------------------------------------------- #
+def batch_loss(logits: Array, batch: dict[str, Array], label_smoothing: float = 0.0
+               ) -> Array:
+    """Mean cross-entropy of a training batch; a mixed batch (mixup/CutMix) scores
+    each example against both its labels, weighted by ``mix_weight``."""
+    loss = evaluate.cross_entropy(logits, batch['label'], label_smoothing)
+    if 'mixed_label' in batch:
+        weight = batch['mix_weight']
+        loss = weight * loss + (1 - weight) * evaluate.cross_entropy(
+            logits, batch['mixed_label'], label_smoothing)
+    return loss.mean()
+
+
 def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
                label_smoothing: float = 0.0, l2_weight: float = 0.0,
                skip_nonfinite: bool = False, frozen: Callable[[Any], Any] | None = None,
@@ -84,7 +102,7 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
         logits, updates = state.apply_fn(
             {'params': params, 'batch_stats': batch_stats}, micro['image'], train=True,
             mutable=['batch_stats'], rngs={'dropout': key})
-        loss = evaluate.cross_entropy(logits, micro['label'], label_smoothing).mean()
+        loss = batch_loss(logits, micro, label_smoothing)
         total = loss + l2_weight * optim.l2_loss(params) if l2_weight else loss
         accuracy = jnp.mean(jnp.argmax(logits, -1) == micro['label'])
         return total, (loss, accuracy, updates['batch_stats'])
@@ -101,8 +119,8 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
 
         def accumulate(carry, xs):
             grads, batch_stats = carry
-            i, mb = xs
-            g, (loss, accuracy, batch_stats) = grad_fn(state.params, batch_stats, mb,
+            i, micro_batch = xs
+            g, (loss, accuracy, batch_stats) = grad_fn(state.params, batch_stats, micro_batch,
                                                        jax.random.fold_in(key, i))
             return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (loss, accuracy)
 
@@ -145,6 +163,26 @@ def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps
                          lookahead=ema)
 
 
+def ema_update(state: TrainState, decay: float) -> TrainState:
+    """Moves ``state.ema`` towards the live weights and BN statistics:
+    ``ema = decay * ema + (1 - decay) * live``, after each optimizer step.
+
+    Unlike the lookahead, the live weights are left alone: the EMA is a second
+    model that evaluation and checkpoints can use (``eval.ema``).
+    """
+    live = {'params': state.params, 'batch_stats': state.batch_stats}
+    ema = jax.tree_util.tree_map(lambda e, x: e + (1 - decay) * (x - e), state.ema, live)
+    return state.replace(ema=ema)
+
+
+def evaluated_variables(state: TrainState, use_ema: bool) -> dict[str, Any]:
+    """The ``{'params', 'batch_stats'}`` evaluation uses: the EMA's when the run
+    keeps one and ``use_ema``, else the live ones."""
+    if use_ema and state.ema is not None:
+        return state.ema
+    return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 # Training metrics averaged over the steps between two log events (built with
 # Collection.create: this module's postponed annotations hide class-body fields).
 TrainMetrics = clu_metrics.Collection.create(
@@ -166,37 +204,41 @@ def summarize_train(host_metrics: list[dict[str, Any]]) -> dict[str, float]:
 # --------------------------------------------------------------------------- #
 # Building the pieces
 # --------------------------------------------------------------------------- #
-def create_train_state(config: ml_collections.ConfigDict, model: models.ResNet,
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
                        tx: optax.GradientTransformation, image_shape: tuple[int, ...],
-                       stem_kernel: Any = None) -> TrainState:
+                       data_params: Any = None) -> TrainState:
     """Initialises params and BN stats from ``config.seed`` (jit me with out_shardings).
 
-    ``stem_kernel`` replaces the stem conv's initial kernel (the 'whiten' stem's,
-    computed from data).
+    ``data_params`` (a params subtree, e.g. airbench's whitening kernel computed
+    from training images) replaces those leaves of the random init.
     """
     variables = model.init({'params': jax.random.key(config.seed)},
                            jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
     params = variables['params']
-    if stem_kernel is not None:
-        stem = params['stem']
-        params = {**params, 'stem': {**stem, 'conv': {**stem['conv'], 'kernel': stem_kernel}}}
+    if data_params:
+        params = traverse_util.unflatten_dict({**traverse_util.flatten_dict(params),
+                                               **traverse_util.flatten_dict(data_params)})
     batch_stats = variables.get('batch_stats', {})
-    lookahead = ({'params': params, 'batch_stats': batch_stats}
-                 if config.optimizer.lookahead_every > 0 else None)
-    return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
-                             tx=tx, lookahead=lookahead)
+    variables = {'params': params, 'batch_stats': batch_stats}
+    return TrainState.create(
+        apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx,
+        lookahead=variables if config.optimizer.lookahead_every > 0 else None,
+        ema=variables if config.optimizer.ema_decay > 0 else None)
 
 
 @dataclasses.dataclass
-class Trainer:
-    """Everything one run needs, built once from the config and the data set."""
+class TrainSetup:
+    """What one run is made of, built once from the config and the data set: the
+    model, optimizer, mesh, augmentation and step counts, and the initial state,
+    jitted step functions and evaluator made from them.  The loop that trains
+    with them is ``train_and_evaluate``."""
 
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
-    model: models.ResNet
+    model: nn.Module  # a registered model family (models.FAMILIES)
     tx: optax.GradientTransformation
     schedule: optax.Schedule
-    aug: input_pipeline.Augmentation
+    augmentation: input_pipeline.Augmentation
     num_train: int
     steps_per_epoch: int
     total_steps: int
@@ -204,16 +246,16 @@ class Trainer:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     choices: backend.Choices
-    stem_kernel: np.ndarray | None = None
+    data_params: dict[str, Any] | None = None  # initial weights computed from data
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict,
               data: datasets.DataInfo | datasets.ImageDataset, mesh: jax.sharding.Mesh,
               platform: str | None = None, sample_images: np.ndarray | None = None
-              ) -> 'Trainer':
+              ) -> 'TrainSetup':
         """Everything but the data's placement, from the config and the data set's
         ``DataInfo`` (an ``ImageDataset`` in memory also serves, and gives the
-        'whiten' stem its sample).  The trainer's config has ``data.mean``/``std``
+        'whiten' stem its sample).  The setup's config has ``data.mean``/``std``
         resolved (from the data when empty).  ``platform`` (default: the mesh's)
         picks the backend's lowerings (``backend.choose``); 'cuda' or 'tpu' on a
         CPU mesh is for exporting.  ``sample_images`` (the first training images)
@@ -228,130 +270,139 @@ class Trainer:
         schedule_steps = math.ceil(round(config.num_epochs * steps_per_epoch, 6))
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
         schedule = optim.create_schedule(config, steps_per_epoch, schedule_steps)
-        aug = input_pipeline.Augmentation.from_config(config)
-        stem_kernel = None
-        if config.model.stem == 'whiten':
+        augmentation = input_pipeline.Augmentation.from_config(config)
+        model = models.create_model(config.model, info.num_classes,
+                                    models.compute_dtype(config.dtype), choices.conv,
+                                    choices.max_pool)
+        data_params = None
+        if models.data_init_size(model):
             if images is None:
                 raise config_validation.ConfigError(
-                    "model.stem='whiten' computes its kernel from the first training images: "
-                    'pass them (sample_images) or use --config.input.kind=resident.')
-            sample = input_pipeline.normalize(images[:config.model.whiten_samples], aug)
-            stem_kernel = np.asarray(models.whitening_kernel(sample, config.model.whiten_kernel))
-        return cls(config=config, mesh=mesh, stem_kernel=stem_kernel, choices=choices,
-                   model=models.create_model(config.model, info.num_classes,
-                                             models.compute_dtype(config.dtype), choices.conv,
-                                             choices.max_pool),
+                    f'model.family={config.model.family!r} computes initial weights from the '
+                    'first training images: pass them (sample_images) or use '
+                    '--config.input.kind=resident.')
+            sample = input_pipeline.normalize(images[:models.data_init_size(model)],
+                                              augmentation)
+            data_params = jax.tree.map(np.asarray, model.kernels_from_data(sample))
+        return cls(config=config, mesh=mesh, data_params=data_params, choices=choices,
+                   model=model,
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
-                   aug=aug, num_train=info.num_train, steps_per_epoch=steps_per_epoch,
-                   total_steps=total, schedule_steps=schedule_steps,
-                   class_names=info.class_names,
+                   augmentation=augmentation, num_train=info.num_train,
+                   steps_per_epoch=steps_per_epoch, total_steps=total,
+                   schedule_steps=schedule_steps, class_names=info.class_names,
                    image_shape=info.model_image_shape(config.data.image_size))
 
     # -- state -------------------------------------------------------------- #
     def init_state(self) -> TrainState:
         init = functools.partial(create_train_state, self.config, self.model, self.tx,
-                                 self.image_shape, self.stem_kernel)
+                                 self.image_shape, self.data_params)
         return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
 
     def abstract_state(self) -> TrainState:
         """Shapes and (current) shardings of the state, with no computation."""
         shapes = jax.eval_shape(functools.partial(
             create_train_state, self.config, self.model, self.tx, self.image_shape,
-            self.stem_kernel))
+            self.data_params))
         return checkpointing.abstract_like(shapes, sharding.replicated(self.mesh))
 
-    # -- compiled functions ------------------------------------------------- #
+    # -- the step, per input kind -------------------------------------------- #
     @functools.cached_property
     def epoch_order_fn(self) -> Callable[[Array], Array]:
         """state.step -> this epoch's (steps_per_epoch, batch) order, on device."""
-        cfg = self.config
+        config = self.config
 
         def order(step):
-            data_key = jax.random.key(cfg.seed + 1)
+            data_key = jax.random.key(config.seed + 1)
             return input_pipeline.epoch_order(data_key, step // self.steps_per_epoch,
                                               self.num_train, self.steps_per_epoch,
-                                              cfg.batch_size)
+                                              config.batch_size)
 
         return jax.jit(order, out_shardings=sharding.replicated(self.mesh))
 
-    def step_with_data(self, state: TrainState, data: input_pipeline.DeviceData,
-                       order: Array) -> tuple[TrainState, dict[str, Array]]:
+    def resident_step(self, state: TrainState, data: input_pipeline.DeviceData,
+                      order: Array) -> tuple[TrainState, dict[str, Array]]:
         """Resident input: gather + augment this step's global batch, then ``update``."""
-        cfg = self.config
+        config = self.config
         batch = input_pipeline.train_batch(
             data, order, state.step, state.step // self.steps_per_epoch,
-            jax.random.key(cfg.seed + 1), self.aug, models.compute_dtype(cfg.dtype),
-            sharding.batch_sharded(self.mesh))
+            jax.random.key(config.seed + 1), self.augmentation,
+            models.compute_dtype(config.dtype), sharding.batch_sharded(self.mesh))
         return self.update(state, batch)
 
-    def step_with_batch(self, state: TrainState, batch: dict[str, Array]
-                        ) -> tuple[TrainState, dict[str, Array]]:
+    def streamed_step(self, state: TrainState, batch: dict[str, Array]
+                      ) -> tuple[TrainState, dict[str, Array]]:
         """Streaming input: augment a read uint8 batch (the ops left for jit), ``update``."""
-        cfg = self.config
-        pos = state.step % self.steps_per_epoch
+        config = self.config
+        position = state.step % self.steps_per_epoch
         batch = input_pipeline.augment_batch(
-            batch['image'], batch['label'], batch['index'], pos,
-            state.step // self.steps_per_epoch, jax.random.key(cfg.seed + 1),
-            streaming.jit_augmentation(self.aug), models.compute_dtype(cfg.dtype))
+            batch['image'], batch['label'], batch['index'], position,
+            state.step // self.steps_per_epoch, jax.random.key(config.seed + 1),
+            streaming.jit_augmentation(self.augmentation), models.compute_dtype(config.dtype))
         return self.update(state, batch)
 
     def update(self, state: TrainState, batch: dict[str, Array]
                ) -> tuple[TrainState, dict[str, Array]]:
-        """``train_step`` with the config's options, then the lookahead."""
-        cfg = self.config
+        """``train_step`` with the config's options, then the lookahead and the EMA."""
+        config = self.config
         batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
-        l2 = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay_mode == 'loss' else 0.0
-        state, metrics = train_step(state, batch, dropout_key=jax.random.key(cfg.seed + 2),
-                                    label_smoothing=cfg.label_smoothing, l2_weight=l2,
-                                    skip_nonfinite=cfg.nonfinite == 'skip',
-                                    frozen=optim.frozen_mask(cfg),
-                                    accum_steps=cfg.grad_accum_steps)
-        if cfg.optimizer.lookahead_every > 0:
-            state = lookahead_update(state, every=cfg.optimizer.lookahead_every,
-                                     decay=cfg.optimizer.lookahead_decay,
+        optimizer = config.optimizer
+        l2 = optimizer.weight_decay if optimizer.weight_decay_mode == 'loss' else 0.0
+        state, metrics = train_step(state, batch, dropout_key=jax.random.key(config.seed + 2),
+                                    label_smoothing=config.label_smoothing, l2_weight=l2,
+                                    skip_nonfinite=config.nonfinite == 'skip',
+                                    frozen=optim.frozen_mask(config),
+                                    accum_steps=config.grad_accum_steps)
+        if optimizer.lookahead_every > 0:
+            state = lookahead_update(state, every=optimizer.lookahead_every,
+                                     decay=optimizer.lookahead_decay,
                                      total_steps=self.schedule_steps)
+        if optimizer.ema_decay > 0:
+            state = ema_update(state, optimizer.ema_decay)
         return state, metrics
-
-    @functools.cached_property
-    def batch_step_fn(self) -> Callable:
-        """The jitted streaming step (state donated)."""
-        repl = sharding.replicated(self.mesh)
-        return jax.jit(self.step_with_batch, donate_argnums=0, out_shardings=(repl, repl))
 
     def step_fn(self, kind: str, steps: int = 1) -> Callable:
         """The jitted step for the input ``kind``: ``fn(state, *input.step_args(...))``."""
         if kind == 'streaming':
-            return self.batch_step_fn
+            return self.streamed_step_fn
         return self.multi_step_fn if steps > 1 else self.train_step_fn
 
     @functools.cached_property
+    def streamed_step_fn(self) -> Callable:
+        """The jitted streaming step (state donated)."""
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(self.streamed_step, donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+
+    @functools.cached_property
     def train_step_fn(self) -> Callable:
-        """The jitted step; the state is donated, so its buffers are reused."""
-        repl = sharding.replicated(self.mesh)
-        return jax.jit(self.step_with_data, donate_argnums=0, out_shardings=(repl, repl))
+        """The jitted resident step; the state is donated, so its buffers are reused."""
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(self.resident_step, donate_argnums=0,
+                       out_shardings=(replicated, replicated))
 
     @functools.cached_property
     def multi_step_fn(self) -> Callable:
-        """``config.steps_per_dispatch`` steps in one dispatch (``lax.scan``).
+        """``config.steps_per_dispatch`` resident steps in one dispatch (``lax.scan``).
 
-        The same ``step_with_data`` as the single step, so the result is
+        The same ``resident_step`` as the single step, so the result is
         identical to K single steps; only the per-step dispatch cost goes away.
         """
-        k = self.config.steps_per_dispatch
+        steps = self.config.steps_per_dispatch
 
         def many(state, data, order):
-            return jax.lax.scan(lambda s, _: self.step_with_data(s, data, order), state,
-                                length=k)
+            return jax.lax.scan(lambda s, _: self.resident_step(s, data, order), state,
+                                length=steps)
 
-        repl = sharding.replicated(self.mesh)
-        return jax.jit(many, donate_argnums=0, out_shardings=(repl, repl))
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(many, donate_argnums=0, out_shardings=(replicated, replicated))
 
+    # -- evaluation ----------------------------------------------------------- #
     @functools.cached_property
     def evaluator(self) -> evaluate.Evaluator:
         return evaluate.Evaluator(
-            self.model.apply, self.mesh, self.aug, models.compute_dtype(self.config.dtype),
-            tta_flip=bool(self.config.eval.tta), tta_translate=bool(self.config.eval.tta_translate),
-            class_names=self.class_names)
+            self.model.apply, self.mesh, self.augmentation,
+            models.compute_dtype(self.config.dtype), tta_flip=bool(self.config.eval.tta),
+            tta_translate=bool(self.config.eval.tta_translate), class_names=self.class_names)
 
     def evaluate(self, state: TrainState,
                  batches: input_pipeline.DeviceData | Iterable[dict[str, Array]]
@@ -359,109 +410,20 @@ class Trainer:
         """``evaluate.Evaluator`` over the resident eval set or any batch iterator."""
         if isinstance(batches, input_pipeline.DeviceData):
             batches = input_pipeline.eval_batches(batches)
-        return self.evaluator.evaluate({'params': state.params,
-                                        'batch_stats': state.batch_stats}, batches)
+        return self.evaluator.evaluate(evaluated_variables(state, self.config.eval.ema),
+                                       batches)
 
 
 # --------------------------------------------------------------------------- #
 # The loop
 # --------------------------------------------------------------------------- #
-class _StopSignal:
-    """Records SIGTERM/SIGINT so the loop can checkpoint and exit between steps."""
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """What the loop does after a step: log the training metrics, evaluate, checkpoint."""
 
-    def __init__(self, enabled: bool = True):
-        self.received: int | None = None
-        self._previous = {}
-        # Multi-process runs leave SIGTERM to JAX's preemption notifier (a Python
-        # handler would replace its C++ one), which the loop polls through
-        # ``reached_preemption_sync`` so every host stops at the same step.
-        self._enabled = enabled
-
-    def __enter__(self):
-        for sig in ((signal.SIGTERM, signal.SIGINT) if self._enabled else ()):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. some test runners)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def reached_preemption_sync(done_before: int, done_now: int) -> bool:
-    """Whether JAX's multi-host preemption sync point falls in the steps just run.
-
-    On SIGTERM to any process JAX's preemption sync manager (a C++ SIGTERM
-    handler plus the coordination service) sets, on every process alike, the
-    sync point to one past the highest counter any process has passed.  The
-    counter here is the number of steps run since this process started, passed
-    for every step even when one dispatch runs several: a skipped value would be
-    a missed preemption (the global step is not used: after a resume, a notice
-    that arrives before the first call sets the sync point to 1).
-    """
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    try:
-        return any([multihost_utils.reached_preemption_sync_point(i)
-                    for i in range(done_before + 1, done_now + 1)])
-    except RuntimeError:  # jax_enable_preemption_service is off: no notifier
-        return False
-
-
-class Preempted(SystemExit):
-    """Raised after the checkpoint of a SIGTERM/SIGINT-interrupted run is written."""
-
-
-def _check_resumable(meta: dict, config: ml_collections.ConfigDict, ckpt_dir: str,
-                     info: datasets.DataInfo | None = None) -> None:
-    """Refuses to resume a checkpoint written for a different model or data set.
-
-    A key the current config no longer has is not compared: it was moved or
-    dropped by a jaxres upgrade (e.g. ``model.conv_impl`` -> ``backend.conv``),
-    not changed by the user.  The data set's record count and classes must be
-    those the run started with (a data set rewritten under a run changes the
-    order of every later epoch).
-    """
-    saved = meta.get('config', {})
-    current = json.loads(config.to_json())
-    diffs = []
-    for key in ('dataset', 'model', 'optimizer.name'):
-        a = config_validation.lookup(saved, key, None)
-        b = config_validation.lookup(current, key, None)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f'model.{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(b)
-                      if a.get(k) != b.get(k)]
-        elif a != b:
-            diffs.append(f'{key}: {a!r} -> {b!r}')
-    if diffs:
-        raise checkpointing.CheckpointError(
-            f'the checkpoints in {ckpt_dir} belong to a different config: ' + '; '.join(diffs)
-            + '. Use a new --workdir, or start from those weights on purpose with '
-            f'--config.init_from={ckpt_dir} in a new workdir.')
-    if info is None:
-        return
-    changed = []
-    if meta.get('num_train') not in (None, info.num_train):
-        changed.append(f'{meta["num_train"]} training records then, {info.num_train} now')
-    if meta.get('class_names') and list(meta['class_names']) != list(info.class_names):
-        changed.append(f'classes {_short(meta["class_names"])} then, '
-                       f'{_short(info.class_names)} now')
-    if changed:
-        raise checkpointing.CheckpointError(
-            f'dataset {info.name!r} changed since the checkpoints in {ckpt_dir} were written ('
-            + '; '.join(changed) + '). Restore the data set the run started with, or train '
-            'on the new one in a new --workdir (--config.init_from=' + ckpt_dir
-            + ' to start from these weights).')
-
-
-def _short(names) -> str:
-    names = list(names)
-    return repr(names) if len(names) <= 4 else f'[{names[0]!r}, ... {len(names)} names]'
+    log: bool
+    evaluate: bool
+    save: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,6 +458,16 @@ class Cadence:
             n for n in (self.eval_every_steps, self.save_every_steps) if n > 0]
         return min([self.total_steps] + [(step // n + 1) * n for n in every])
 
+    def dispatch_size(self, step: int, most: int) -> int:
+        """How many steps the next dispatch runs: ``most`` when no event falls
+        before its last step, else 1 (an event is never skipped over)."""
+        return most if most > 1 and step + most <= self.next_event(step) else 1
+
+    def due(self, step: int, minutes_since_save: float) -> Due:
+        """Everything the loop does after reaching ``step``."""
+        return Due(log=self.log(step), evaluate=self.evaluate(step),
+                   save=self.save(step, minutes_since_save))
+
     def log(self, step: int) -> bool:
         return step % self.log_every_steps == 0 or step == self.total_steps
 
@@ -521,17 +493,176 @@ class Cadence:
         return due
 
 
-def open_input(config: ml_collections.ConfigDict, trainer: 'Trainer',
-               ds: datasets.ImageDataset | None, info: datasets.DataInfo, kind: str
-               ) -> input_pipeline.ResidentInput | streaming.StreamingInput:
+class TrainMetricsLog:
+    """The steps' metrics, left on the device until a log step fetches, checks and
+    writes them (one transfer per log step, not one per step)."""
+
+    def __init__(self, setup: TrainSetup, writer: Any, cadence: Cadence,
+                 manager: Any, step: int):
+        self.setup, self.writer, self.cadence, self.manager = setup, writer, cadence, manager
+        self.unfetched: list[dict[str, Array]] = []  # device metrics since the last fetch
+        self._since_time, self._since_step = time.time(), step
+
+    def add(self, metrics: dict[str, Array]) -> None:
+        self.unfetched.append(metrics)
+
+    def write(self, step: int) -> None:
+        """Fetches the metrics since the last log step, stops on a non-finite loss,
+        and writes their averages and the progress line."""
+        config = self.setup.config
+        fetched = jax.device_get(self.unfetched)
+        self.unfetched = []
+        self._check_finite(fetched, step)
+        with jax.transfer_guard('allow'):  # optax schedules and clu metrics run jnp ops
+            lr = float(self.setup.schedule(step - 1))
+            averaged = summarize_train(fetched)
+        seconds_per_step = (max(time.time() - self._since_time, 1e-9)
+                            / max(step - self._since_step, 1))
+        scalars = {'epoch': step / self.setup.steps_per_epoch, 'lr': lr,
+                   'train_loss': averaged['loss'], 'train_accuracy': averaged['accuracy'],
+                   'images_per_sec': config.batch_size / seconds_per_step}
+        if config.nonfinite == 'skip':
+            scalars['skipped_steps'] = float(np.sum(np.concatenate(
+                [np.ravel(m['skipped']) for m in fetched])))
+        self.writer.write_scalars(step, scalars)
+        logging.info(metric_logging.progress_line(
+            step, self.setup.total_steps, self.setup.steps_per_epoch, seconds_per_step,
+            scalars['images_per_sec'], averaged['loss'], averaged['accuracy'],
+            self.cadence.next_eval(step)))
+        self._since_time, self._since_step = time.time(), step
+
+    def _check_finite(self, fetched: list[dict[str, Any]], step: int) -> None:
+        loss = float(np.mean(np.concatenate([np.ravel(m['loss']) for m in fetched])))
+        if np.isfinite(loss):
+            return
+        checkpointing.wait(self.manager)
+        good = self.manager.latest_step()
+        raise NonFiniteLossError(
+            f'training loss became {loss} by step {step}. Last good checkpoint: '
+            f'{"step " + str(good) if good is not None else "none"} in '
+            f'{self.manager.directory} (kept). Lower the learning rate or check the data; '
+            '--config.nonfinite=skip skips such steps instead.')
+
+
+class CheckpointSaver:
+    """The run's checkpoint saves: state, meta (with the eval metrics) and, when
+    streaming, the data position; and the time since the last one."""
+
+    def __init__(self, manager: Any, train_input: TrainInput, meta: dict[str, Any]):
+        self.manager, self.train_input, self.meta = manager, train_input, meta
+        self._saved_at = time.time()
+
+    def minutes_since_save(self) -> float:
+        return (time.time() - self._saved_at) / 60
+
+    def save(self, step: int, state: TrainState,
+             eval_results: dict[str, Any] | None = None) -> None:
+        metrics = None
+        if eval_results is not None:
+            metrics = {f'eval_{k}': eval_results[k] for k in ('accuracy', 'top5_accuracy', 'loss')}
+        with jax.transfer_guard('allow'):
+            checkpointing.save(self.manager, step, state, {**self.meta, 'metrics': metrics or {}},
+                               metrics=metrics, data_iterator=self.train_input.checkpoint_item())
+        self._saved_at = time.time()
+
+
+def checkpoint_meta(setup: TrainSetup, info: datasets.DataInfo, input_kind: str
+                    ) -> dict[str, Any]:
+    """What every checkpoint records besides the state.  class_names and image_shape
+    let --mode=predict work without the data set; the data set's size and classes
+    are checked on resume."""
+    return {'config': json.loads(setup.config.to_json_best_effort()),
+            'steps_per_epoch': setup.steps_per_epoch, 'class_names': list(info.class_names),
+            'image_shape': list(info.image_shape), 'num_train': info.num_train,
+            'input_kind': input_kind}
+
+
+def _make_workdir(workdir: str) -> str:
+    """The absolute workdir, created by process 0; an unwritable one is a ConfigError."""
+    workdir = os.path.abspath(workdir)
+    if jax.process_index() == 0:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            raise config_validation.ConfigError(
+                f'cannot write to --workdir {workdir}: {e.strerror or e}. Choose a writable '
+                'directory.') from None
+    return workdir
+
+
+def _setup_for_data(config: ml_collections.ConfigDict, ds: datasets.ImageDataset | None
+                    ) -> tuple[TrainSetup, datasets.DataInfo, datasets.ImageDataset | None, str]:
+    """The data set's facts, the input kind (read into memory only when resident)
+    and the setup built from them."""
+    mesh = sharding.make_data_mesh()
+    info = ds.info(config.dataset) if ds is not None else datasets.describe(config)
+    input_kind = datasets.choose_input_kind(config, info, jax.local_devices()[0])
+    if input_kind == 'resident' and ds is None:
+        ds = datasets.load_dataset(config)
+    setup = TrainSetup.build(config, ds if ds is not None else info, mesh,
+                             sample_images=None if ds is not None else
+                             streaming.stem_sample(config, info))
+    return setup, info, ds, input_kind
+
+
+def open_input(setup: TrainSetup, ds: datasets.ImageDataset | None, info: datasets.DataInfo,
+               kind: str) -> TrainInput:
     """The run's input: the resident data set on the devices, or grain's stream."""
     if kind == 'resident':
-        data = input_pipeline.to_device(ds, trainer.mesh, config.eval_batch_size, trainer.aug,
-                                        packed=trainer.choices.packed_pixels)
-        return input_pipeline.ResidentInput(data, trainer.epoch_order_fn,
-                                            trainer.steps_per_epoch)
-    return streaming.StreamingInput(trainer.config, info, trainer.mesh,
-                                    trainer.steps_per_epoch, trainer.total_steps, ds)
+        data = input_pipeline.to_device(ds, setup.mesh, setup.config.eval_batch_size,
+                                        setup.augmentation, packed=setup.choices.packed_pixels)
+        return input_pipeline.ResidentInput(data, setup.epoch_order_fn, setup.steps_per_epoch)
+    return streaming.StreamingInput(setup.config, info, setup.mesh, setup.steps_per_epoch,
+                                    setup.total_steps, ds)
+
+
+def _restore_or_init(setup: TrainSetup, manager: Any, info: datasets.DataInfo
+                     ) -> tuple[int, TrainState]:
+    """(step, state) of the newest good checkpoint, else step 0 and a fresh state
+    (with ``config.init_from``'s weights when set)."""
+    config = setup.config
+    step, state = checkpointing.restore_latest_good(
+        manager, setup.abstract_state(), check_meta=lambda meta: checkpointing.check_resumable(
+            meta, config, str(manager.directory), info))
+    if step is not None:
+        logging.info('Resumed from step %d in %s', step, manager.directory)
+        return step, state
+    state = setup.init_state()
+    if config.init_from:
+        from jaxres import finetune  # pylint: disable=g-import-not-at-top
+        state = finetune.init_from(state, config.init_from, setup.mesh,
+                                   config.checkpoint.best_metric)
+    return 0, state
+
+
+def _evaluate(setup: TrainSetup, state: TrainState, train_input: TrainInput) -> dict[str, Any]:
+    with jax.transfer_guard('allow'):  # streamed eval batches are placed from the host
+        return setup.evaluate(state, train_input.eval_batches(setup.config.eval_batch_size))
+
+
+def _eval_scalars(results: dict[str, Any], epoch: float) -> dict[str, float]:
+    return {'epoch': epoch, 'eval_loss': results['loss'], 'eval_accuracy': results['accuracy'],
+            'eval_top5_accuracy': results['top5_accuracy']}
+
+
+def _stop_preempted(stop: preemption.StopSignal, step: int, manager: Any, writer: Any) -> None:
+    """Waits for the checkpoint just started, then raises ``preemption.Preempted``."""
+    checkpointing.wait(manager)
+    writer.flush()
+    raise preemption.Preempted(
+        f'Preempted (signal {stop.received or "from the cluster"}): saved a checkpoint at '
+        f'step {step} in {manager.directory}. Re-run the same command to resume.')
+
+
+def _write_results(results: dict[str, Any], step: int, config: ml_collections.ConfigDict,
+                   info: datasets.DataInfo, workdir: str, started: float) -> dict[str, Any]:
+    """The final eval results with the step, split and wall time; eval_results.json."""
+    results = dict(results, step=step,
+                   split='validation' if config.validation_size > 0 else info.eval_split,
+                   wall_time_s=time.time() - started)
+    if jax.process_index() == 0:
+        safe_io.write_json(os.path.join(workdir, 'eval_results.json'), results)
+    return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -541,158 +672,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Returns the final eval results, also written to ``WORKDIR/eval_results.json``.
     ``ds`` lets library users pass in-memory arrays instead of ``config.dataset``.
     """
-    t_start = time.time()
+    started = time.time()
     config_validation.validate(config)
-    workdir = os.path.abspath(workdir)
-    is_main = jax.process_index() == 0
-    if is_main:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-        except OSError as e:
-            raise config_validation.ConfigError(
-                f'cannot write to --workdir {workdir}: {e.strerror or e}. Choose a writable '
-                'directory.') from None
-    mesh = sharding.make_data_mesh()
-    info = ds.info(config.dataset) if ds is not None else datasets.describe(config)
-    kind = datasets.choose_input_kind(config, info, jax.local_devices()[0])
-    if kind == 'resident' and ds is None:
-        ds = datasets.load_dataset(config)
-    trainer = Trainer.build(config, ds if ds is not None else info, mesh,
-                            sample_images=None if ds is not None else
-                            streaming.stem_sample(config, info))
-    config = cfg = trainer.config  # data.mean/std resolved
-    if is_main:
+    workdir = _make_workdir(workdir)
+    setup, info, ds, input_kind = _setup_for_data(config, ds)
+    config = setup.config  # data.mean/std resolved
+    if jax.process_index() == 0:
         safe_io.write_atomic(os.path.join(workdir, 'config.json'),
                              config.to_json_best_effort(indent=2))
-    backend.warn_if_slow_here(config, trainer.choices.platform)
-    feed = open_input(config, trainer, ds, info, kind)
-
+    backend.warn_if_slow_here(config, setup.choices.platform)
+    train_input = open_input(setup, ds, info, input_kind)
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
-    start_step, state = checkpointing.restore_latest_good(
-        manager, trainer.abstract_state(),
-        check_meta=lambda meta: _check_resumable(meta, config, str(manager.directory), info))
-    if start_step is not None:
-        logging.info('Resumed from step %d in %s', start_step, manager.directory)
-    else:
-        state = trainer.init_state()
-        start_step = 0
-        if cfg.init_from:
-            from jaxres import finetune  # pylint: disable=g-import-not-at-top
-            state = finetune.init_from(state, cfg.init_from, mesh, cfg.checkpoint.best_metric)
-    feed.start_at(start_step, manager)
+    step, state = _restore_or_init(setup, manager, info)
+    train_input.start_at(step, manager)
 
     writer = metric_logging.create_writer(workdir)
-    report = periodic_actions.ReportProgress(num_train_steps=trainer.total_steps, writer=writer,
+    report = periodic_actions.ReportProgress(num_train_steps=setup.total_steps, writer=writer,
                                              every_secs=30.0)
-    spe = trainer.steps_per_epoch
-    cadence = Cadence.from_config(cfg, spe, trainer.total_steps)
-
-    def meta(eval_metrics=None):
-        # class_names and image_shape let --mode=predict work without the data set;
-        # the data set's size and classes are checked on resume.
-        return {'config': json.loads(config.to_json_best_effort()), 'steps_per_epoch': spe,
-                'class_names': list(info.class_names), 'image_shape': list(info.image_shape),
-                'num_train': info.num_train, 'input_kind': kind,
-                'metrics': eval_metrics or {}}
-
-    t_saved = time.time()
-
-    def save(step, eval_results=None):
-        nonlocal t_saved
-        metrics = None
-        if eval_results is not None:
-            metrics = {f'eval_{k}': eval_results[k] for k in ('accuracy', 'top5_accuracy', 'loss')}
-        with jax.transfer_guard('allow'):
-            checkpointing.save(manager, step, state, meta(metrics), metrics=metrics,
-                               data_iterator=feed.checkpoint_item())
-        t_saved = time.time()
-
-    eval_results = None
-    pending: list[dict[str, Array]] = []  # device metrics since the last fetch
-    t_log, step_log = time.time(), start_step
-    step = start_step
-    k = max(1, cfg.steps_per_dispatch) if feed.multi_step else 1
-
-    def check_finite(host_metrics, step):
-        loss = float(np.mean(np.concatenate([np.ravel(m['loss']) for m in host_metrics])))
-        if not np.isfinite(loss):
-            checkpointing.wait(manager)
-            good = manager.latest_step()
-            raise NonFiniteLossError(
-                f'training loss became {loss} by step {step}. Last good checkpoint: '
-                f'{"step " + str(good) if good is not None else "none"} in '
-                f'{manager.directory} (kept). Lower the learning rate or check the data; '
-                '--config.nonfinite=skip skips such steps instead.')
-        return loss
-
-    def log_train(step):
-        nonlocal pending, t_log, step_log
-        host = jax.device_get(pending)
-        pending = []
-        check_finite(host, step)
-        with jax.transfer_guard('allow'):  # optax schedules and clu metrics run jnp ops
-            lr = float(trainer.schedule(step - 1))
-            averaged = summarize_train(host)
-        seconds_per_step = max(time.time() - t_log, 1e-9) / max(step - step_log, 1)
-        scalars = {'epoch': step / spe, 'lr': lr, 'train_loss': averaged['loss'],
-                   'train_accuracy': averaged['accuracy'],
-                   'images_per_sec': cfg.batch_size / seconds_per_step}
-        if cfg.nonfinite == 'skip':
-            scalars['skipped_steps'] = float(np.sum(np.concatenate(
-                [np.ravel(m['skipped']) for m in host])))
-        writer.write_scalars(step, scalars)
-        logging.info(metric_logging.progress_line(
-            step, trainer.total_steps, spe, seconds_per_step, scalars['images_per_sec'],
-            averaged['loss'], averaged['accuracy'], cadence.next_eval(step)))
-        t_log, step_log = time.time(), step
-
-    def evaluate_now():
-        with jax.transfer_guard('allow'):  # streamed eval batches are placed from the host
-            return trainer.evaluate(state, feed.eval_batches(cfg.eval_batch_size))
-
-    multi_process = jax.process_count() > 1
-    with (_StopSignal(enabled=not multi_process) as stop, jax.transfer_guard('disallow'),
-          contextlib.closing(feed)):
-        while step < trainer.total_steps:
-            step_before = step
-            n = k if k > 1 and step + k <= cadence.next_event(step) else 1
-            state, metrics = trainer.step_fn(feed.kind, n)(state, *feed.step_args(step, state))
-            step += n
-            pending.append(metrics)
+    cadence = Cadence.from_config(config, setup.steps_per_epoch, setup.total_steps)
+    metrics_log = TrainMetricsLog(setup, writer, cadence, manager, step)
+    checkpoints = CheckpointSaver(manager, train_input, checkpoint_meta(setup, info, input_kind))
+    most_per_dispatch = max(1, config.steps_per_dispatch) if train_input.multi_step else 1
+    first_step, eval_results = step, None
+    with (preemption.StopSignal(multi_process=jax.process_count() > 1) as stop,
+          jax.transfer_guard('disallow'), contextlib.closing(train_input)):
+        while step < setup.total_steps:
+            steps_run = cadence.dispatch_size(step, most_per_dispatch)
+            step_fn = setup.step_fn(train_input.kind, steps_run)
+            state, metrics = step_fn(state, *train_input.step_args(step, state))
+            step += steps_run
+            metrics_log.add(metrics)
             report(step)
-            last = step == trainer.total_steps
-            do_eval = cadence.evaluate(step)
-            do_save = cadence.save(step, (time.time() - t_saved) / 60)
-            preempted = stop.received is not None or (multi_process and reached_preemption_sync(
-                step_before - start_step, step - start_step))
+            due = cadence.due(step, checkpoints.minutes_since_save())
+            preempted = stop.requested(step - steps_run - first_step, step - first_step)
             # Metrics are fetched on log steps, and before any checkpoint so that a
             # non-finite state is never saved over the last good one.
-            if cadence.log(step) or ((do_save or preempted) and pending):
-                log_train(step)
-            if do_eval:
-                eval_results = evaluate_now()
-                writer.write_scalars(step, {
-                    'epoch': step / spe, 'eval_loss': eval_results['loss'],
-                    'eval_accuracy': eval_results['accuracy'],
-                    'eval_top5_accuracy': eval_results['top5_accuracy']})
-            if do_save:
-                save(step, eval_results if do_eval else None)
-            if preempted and not last:
-                if not do_save:
-                    save(step)
-                checkpointing.wait(manager)
-                writer.flush()
-                raise Preempted(
-                    f'Preempted (signal {stop.received or "from the cluster"}): saved a '
-                    f'checkpoint at step {step} in {manager.directory}. Re-run the same '
-                    'command to resume.')
+            if due.log or due.save or preempted:
+                metrics_log.write(step)
+            if due.evaluate:
+                eval_results = _evaluate(setup, state, train_input)
+                writer.write_scalars(step, _eval_scalars(eval_results,
+                                                         step / setup.steps_per_epoch))
+            if due.save or preempted:  # a preemption's own checkpoint records no eval
+                checkpoints.save(step, state, eval_results if due.save and due.evaluate else None)
+            if preempted and step < setup.total_steps:
+                _stop_preempted(stop, step, manager, writer)
     checkpointing.wait(manager)
     writer.flush()
     if eval_results is None:  # resumed at the end: nothing left to train
-        eval_results = evaluate_now()
-    eval_results = dict(eval_results, step=step,
-                        split='validation' if config.validation_size > 0 else info.eval_split,
-                        wall_time_s=time.time() - t_start)
-    if is_main:
-        safe_io.write_json(os.path.join(workdir, 'eval_results.json'), eval_results)
-    return eval_results
+        eval_results = _evaluate(setup, state, train_input)
+    return _write_results(eval_results, step, config, info, workdir, started)

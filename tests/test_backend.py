@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from jaxres import backend, config_validation, host_memory, train
+from jaxres import backend, checkpointing, config_validation, host_memory
 
 from conftest import tiny_config
 
@@ -35,10 +35,10 @@ def test_the_tricks_are_not_part_of_the_model_on_resume():
     saved = json.loads(config.to_json())
     saved['backend']['conv'] = 'xla'  # written on a GPU
     saved['model']['conv_impl'] = 'auto'  # written before the key moved out of model.*
-    train._check_resumable({'config': saved}, config, 'ckpt')  # no refusal
+    checkpointing.check_resumable({'config': saved}, config, 'ckpt')  # no refusal
     saved['model']['block'] = 'preact'
-    with pytest.raises(train.checkpointing.CheckpointError, match='model.block'):
-        train._check_resumable({'config': saved}, config, 'ckpt')
+    with pytest.raises(checkpointing.CheckpointError, match='model.block'):
+        checkpointing.check_resumable({'config': saved}, config, 'ckpt')
 
 
 def test_hugepages_follow_the_backend_unless_forced(monkeypatch):

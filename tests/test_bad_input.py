@@ -81,8 +81,9 @@ def test_nonfinite_skip_mode_skips_and_counts(tmp_path):
     assert sum(r.get('skipped_steps', 0) for r in records) > 0
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(str(tmp_path)),
                                            read_only=True)
-    trainer = train.Trainer.build(config, ds, jax.sharding.Mesh(np.array(jax.devices()), ('data',)))
-    state = checkpointing.restore_state(manager, 8, trainer.abstract_state())
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+    setup = train.TrainSetup.build(config, ds, mesh)
+    state = checkpointing.restore_state(manager, 8, setup.abstract_state())
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
 
 

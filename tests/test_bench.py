@@ -47,11 +47,13 @@ def test_torch_reference_pipeline_runs():
 
 
 def test_bench_takes_config_overrides():
-    config = tiny_config()
-    bench.apply_overrides(config, ['--config.backend.conv=xla', '--config.optimizer.momentum=0.5'])
+    path = os.path.join(ROOT, 'configs', 'default.py')
+    _, config = bench.parse_command_line(['--config', path, '--steps', '2',
+                                          '--config.backend.conv=xla',
+                                          '--config.optimizer.momentum=0.5'])
     assert config.backend.conv == 'xla' and config.optimizer.momentum == 0.5
     with pytest.raises(SystemExit, match='model.no_such_key'):
-        bench.apply_overrides(config, ['--config.model.no_such_key=1'])
+        bench.parse_command_line(['--config', path, '--config.model.no_such_key=1'])
 
 
 def test_flops_do_not_depend_on_the_conv_lowering():
@@ -65,8 +67,8 @@ def test_flops_do_not_depend_on_the_conv_lowering():
         syn = config.synthetic
         ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
         mesh = sharding.make_data_mesh()
-        trainer = train.Trainer.build(config, ds, mesh)
-        state = trainer.init_state()
+        setup = train.TrainSetup.build(config, ds, mesh)
+        state = setup.init_state()
         flops[impl] = bench.model_flops_per_step(
-            trainer, state, input_pipeline.to_device(ds, mesh, 16), trainer.epoch_order_fn(state.step))
+            setup, state, input_pipeline.to_device(ds, mesh, 16), setup.epoch_order_fn(state.step))
     assert flops['xla'] > 0 and flops['xla'] == flops['im2col']

@@ -1,9 +1,10 @@
-"""Host-side data: validation hold-out, in-memory arrays."""
+"""Host-side data: validation hold-out, class-balanced training subset, in-memory arrays."""
 
 import numpy as np
 import pytest
 
-from jaxres import datasets
+from conftest import tiny_config
+from jaxres import config_validation, datasets
 
 
 def _class_ordered(n_per_class=10, classes=3):
@@ -28,3 +29,42 @@ def test_end_hold_out_takes_the_last_examples_and_refuses_to_drop_a_class():
     np.testing.assert_array_equal(end.eval_images[:, 0, 0, 0], np.arange(25, 30))
     with pytest.raises(datasets.DataError, match=r"classes \['2'\] with no training example"):
         ds.split_validation(10, 'end')
+
+
+def test_class_balanced_subset_takes_the_first_examples_of_each_class_in_order():
+    y = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 2, 0])  # shuffled, as the official CIFAR files
+    x = np.arange(len(y), dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    ds = datasets.ImageDataset.from_arrays(x, y, x[:2], y[:2])
+    sub = ds.class_balanced_subset(6)
+    # Two of each class, the first two each time, kept in stored order.
+    np.testing.assert_array_equal(sub.train_images[:, 0, 0, 0], [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(np.bincount(sub.train_labels), [2, 2, 2])
+    np.testing.assert_array_equal(sub.eval_images, ds.eval_images)  # the eval split is whole
+    np.testing.assert_array_equal(ds.class_balanced_subset(6).train_images, sub.train_images)
+    with pytest.raises(datasets.DataError, match='multiple of the 3 classes.*e.g. 9'):
+        ds.class_balanced_subset(7)
+    with pytest.raises(datasets.DataError, match=r"needs 4 training examples per class; '1' \(3\)"):
+        ds.class_balanced_subset(12)
+
+
+def test_train_subset_config_key_applies_after_the_validation_hold_out():
+    config = tiny_config(dataset='synthetic', train_subset=100, validation_size=40)
+    config_validation.validate(config)
+    full = datasets.load_dataset(tiny_config(dataset='synthetic', validation_size=40))
+    ds = datasets.load_dataset(config)
+    np.testing.assert_array_equal(np.bincount(ds.train_labels), [10] * 10)
+    np.testing.assert_array_equal(ds.eval_images, full.eval_images)  # validation untouched
+    assert datasets.load_dataset(tiny_config(dataset='synthetic')).train_labels.size == 2048
+    with pytest.raises(config_validation.ConfigError, match='train_subset=95 must be a multiple '
+                       "of the 10 classes of 'synthetic'.*e.g. 100"):
+        config_validation.validate(tiny_config(dataset='synthetic', train_subset=95))
+    with pytest.raises(config_validation.ConfigError, match='train_subset=-10 must be >= 0'):
+        config_validation.validate(tiny_config(dataset='synthetic', train_subset=-10))
+
+
+def test_streaming_input_refuses_a_train_subset():
+    """Streaming reads the stored split whole: a subset would be silently ignored."""
+    config = tiny_config(dataset='cifar10', train_subset=1000)
+    info = datasets.DataInfo('cifar10', 50000, 10000, tuple('0123456789'), (32, 32, 3))
+    with pytest.raises(datasets.DataError, match='train_subset > 0 .*--config.input.kind=resident'):
+        datasets.open_sources(config, info)

@@ -44,15 +44,20 @@ def small_model(name: str):
     """The config with one block per stage, 1/16 of its widths, smaller inputs."""
     config = importlib.import_module(f'configs.{name}').get_config()
     m = config.model
-    if not m.stage_sizes:
-        m.block, sizes = models.DEPTHS[m.depth]
-        m.stage_sizes = sizes
-    m.stage_sizes = (1,) * len(m.stage_sizes)
-    m.stem_width = max(4, m.stem_width // 16)
-    m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
+    if m.family == 'airbench':
+        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
+        m.whiten_samples = 64
+    elif m.family == 'wide_resnet':
+        m.depth, m.widen_factor = 10, 1
+    else:
+        if not m.stage_sizes:
+            m.block, sizes = models.DEPTHS[m.depth]
+            m.stage_sizes = sizes
+        m.stage_sizes = (1,) * len(m.stage_sizes)
+        m.stem_width = max(4, m.stem_width // 16)
+        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
     if config.data.image_size:
         config.data.image_size = 48  # 224 in the fine-tuning recipe
-    m.whiten_samples = 64
     return config
 
 
@@ -69,19 +74,19 @@ def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
     config's own input kind (streamed configs stream the generated data)."""
     config = small_model(name)
     ds = synthetic_for(config)
-    trainer = train.Trainer.build(config, ds, mesh)
+    setup = train.TrainSetup.build(config, ds, mesh)
     if config.input.kind == 'streaming':
-        feed = streaming.StreamingInput(trainer.config, ds.info(), mesh,
-                                        trainer.steps_per_epoch, 2, ds)
+        feed = streaming.StreamingInput(setup.config, ds.info(), mesh,
+                                        setup.steps_per_epoch, 2, ds)
     else:
-        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                        packed=trainer.choices.packed_pixels)
-        feed = input_pipeline.ResidentInput(data, trainer.epoch_order_fn,
-                                            trainer.steps_per_epoch)
-    state = trainer.init_state()
+        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+                                        packed=setup.choices.packed_pixels)
+        feed = input_pipeline.ResidentInput(data, setup.epoch_order_fn,
+                                            setup.steps_per_epoch)
+    state = setup.init_state()
     for step in range(2):
-        state, metrics = trainer.step_fn(feed.kind)(state, *feed.step_args(step, state))
-    results = trainer.evaluate(state, feed.eval_batches(config.eval_batch_size))
+        state, metrics = setup.step_fn(feed.kind)(state, *feed.step_args(step, state))
+    results = setup.evaluate(state, feed.eval_batches(config.eval_batch_size))
     return {'loss': float(jax.device_get(metrics['loss'])), 'eval_count': results['num_examples'],
             'eval_loss': results['loss']}
 
@@ -108,9 +113,9 @@ def test_config_builds_and_splits_its_batches(name, devices):
     config = small_model(name)
     mesh = sharding.make_data_mesh(jax.devices()[:devices])
     ds = synthetic_for(config)
-    trainer = train.Trainer.build(config, ds, mesh)  # refuses a batch that does not split
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, trainer.aug,
-                                    packed=trainer.choices.packed_pixels)
+    setup = train.TrainSetup.build(config, ds, mesh)  # refuses a batch that does not split
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+                                    packed=setup.choices.packed_pixels)
     assert data.eval_mask.shape[1] % devices == 0
     assert int(np.sum(jax.device_get(data.eval_mask))) == NUM_EVAL
     assert (config.batch_size // config.grad_accum_steps) % devices == 0

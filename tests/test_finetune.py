@@ -120,14 +120,14 @@ def imagenet_config(depth=18):
 
 
 def placeholder_dataset(num_classes, size=64, n=8):
-    """Only what Trainer.build reads (the class count, image shape, train size)."""
+    """Only what TrainSetup.build reads (the class count, image shape, train size)."""
     x = np.zeros((n, size, size, 3), np.uint8)
     y = np.arange(n, dtype=np.int32) % num_classes
     return datasets.ImageDataset(x, y, x, y, tuple(str(i) for i in range(num_classes)))
 
 
-def _trainer(config, ds):
-    return train.Trainer.build(config, ds, sharding.make_data_mesh())
+def _setup(config, ds):
+    return train.TrainSetup.build(config, ds, sharding.make_data_mesh())
 
 
 def _jax_logits(state, x_nhwc):
@@ -153,8 +153,8 @@ def test_name_map_covers_torchvision_resnet50():
     state_dict = {k: v.numpy() for k, v in torch_resnet(50).state_dict().items()}
     sources, unknown = finetune.convert_torchvision(state_dict)
     assert unknown == []
-    trainer = _trainer(imagenet_config(50), placeholder_dataset(1000))
-    shapes = trainer.abstract_state()
+    setup = _setup(imagenet_config(50), placeholder_dataset(1000))
+    shapes = setup.abstract_state()
     target = {'params': shapes.params, 'batch_stats': shapes.batch_stats}
     fitted = finetune.fit_variables(target, sources, strict=True, path='r50.pth')
     assert len(fitted['params']) == 161 and len(fitted['batch_stats']) == 106
@@ -162,8 +162,8 @@ def test_name_map_covers_torchvision_resnet50():
 
 def test_resnet18_state_dict_gives_the_same_logits(resnet18_pth):
     model, path = resnet18_pth
-    trainer = _trainer(imagenet_config(18), placeholder_dataset(1000))
-    state = finetune.init_from(trainer.init_state(), path, trainer.mesh)
+    setup = _setup(imagenet_config(18), placeholder_dataset(1000))
+    state = finetune.init_from(setup.init_state(), path, setup.mesh)
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     expected = _torch_logits(model, x)
     got = _jax_logits(state, x)
@@ -176,10 +176,10 @@ def test_resnet18_state_dict_gives_the_same_logits(resnet18_pth):
 
 def test_resnet18_head_is_replaced_for_100_classes(resnet18_pth):
     model, path = resnet18_pth
-    trainer = _trainer(imagenet_config(18), placeholder_dataset(100))
-    fresh = trainer.init_state()
+    setup = _setup(imagenet_config(18), placeholder_dataset(100))
+    fresh = setup.init_state()
     fresh_head = jax.device_get(fresh.params['head'])
-    state = finetune.init_from(fresh, path, trainer.mesh)
+    state = finetune.init_from(fresh, path, setup.mesh)
     head = jax.device_get(state.params['head'])
     assert head['kernel'].shape == (512, 100)
     np.testing.assert_array_equal(head['kernel'], fresh_head['kernel'])  # kept fresh
@@ -199,9 +199,9 @@ def test_resnet18_head_is_replaced_for_100_classes(resnet18_pth):
 
 def test_mismatched_depth_is_reported(resnet18_pth):
     _, path = resnet18_pth
-    trainer = _trainer(imagenet_config(34), placeholder_dataset(1000))
-    shapes = trainer.abstract_state()
-    sources, _ = finetune.read_weights(path, trainer.mesh)
+    setup = _setup(imagenet_config(34), placeholder_dataset(1000))
+    shapes = setup.abstract_state()
+    sources, _ = finetune.read_weights(path, setup.mesh)
     with pytest.raises(finetune.FinetuneError, match=r'does not fit config.model .*'
                        r'stage1_block3/conv1/kernel: missing from the weights'):
         finetune.fit_variables({'params': shapes.params, 'batch_stats': shapes.batch_stats},
@@ -229,7 +229,7 @@ def test_init_from_a_jaxres_checkpoint_with_another_class_count(tmp_path):
     # The source: a 4-class model from another seed, with non-trivial BN statistics.
     source = str(tmp_path / 'source')
     source_config = tiny_config(seed=7)
-    saved = _trainer(source_config, random_dataset(classes=4)).init_state()
+    saved = _setup(source_config, random_dataset(classes=4)).init_state()
     saved = saved.replace(batch_stats=jax.tree_util.tree_map(lambda x: x + 0.5,
                                                              saved.batch_stats))
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(source), source_config)
@@ -239,11 +239,11 @@ def test_init_from_a_jaxres_checkpoint_with_another_class_count(tmp_path):
 
     ds6 = random_dataset(classes=6, seed=1)
     config = tiny_config(init_from=source)
-    trainer = _trainer(config, ds6)
-    fresh = trainer.init_state()
+    setup = _setup(config, ds6)
+    fresh = setup.init_state()
     assert not np.array_equal(jax.device_get(fresh.params['stem']['conv']['kernel']),
                               trained['params']['stem']['conv']['kernel'])
-    state = finetune.init_from(fresh, source, trainer.mesh)
+    state = finetune.init_from(fresh, source, setup.mesh)
     params, stats = jax.device_get((state.params, state.batch_stats))
     assert params['head']['kernel'].shape == (16, 6)
     np.testing.assert_array_equal(params['head']['kernel'],

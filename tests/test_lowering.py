@@ -44,11 +44,11 @@ def test_steps_export_for_cuda_and_tpu(name, dtype):
         assert 'stablehlo.convolution' in text, f'{which}: convolutions are not XLA convolutions'
         assert 'callback' not in text, which
     # The images go in as uint8 (N, H, W, C), not CPU pixel words: the arguments
-    # are (state..., train_images, train_labels, eval x3, order) for resident
+    # are (state..., train_pixels, train_labels, eval x3, order) for resident
     # input, (state..., batch image, index, label) for streaming.
     streamed = importlib.import_module(f'configs.{name}').get_config().input.kind == 'streaming'
-    train_images = exported['train_step'].in_avals[-3 if streamed else -6]
-    assert train_images.dtype == jnp.uint8 and train_images.ndim == 4
+    train_pixels = exported['train_step'].in_avals[-3 if streamed else -6]
+    assert train_pixels.dtype == jnp.uint8 and train_pixels.ndim == 4
 
 
 def test_the_cpu_makes_other_choices_and_the_check_sees_cpu_calls():

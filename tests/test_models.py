@@ -130,3 +130,99 @@ def test_max_pool_tiles_equals_flax_max_pool_values_and_gradient():
     g = jax.grad(ours)(x)
     np.testing.assert_allclose(g, jax.grad(flax_)(x), rtol=0, atol=0)
     assert float(jnp.abs(g[:, 30]).max()) == 0.0  # the dropped row gets no gradient
+
+
+def _wrn_count_by_hand(depth, k, num_classes):
+    """WRN-depth-k from the paper's layout, counted without the model: 3x3 convs
+    without bias, BN scale + bias, 1x1 projections where the width changes."""
+    n, total, c_in = (depth - 4) // 6, 3 * 3 * 3 * 16, 16
+    for width in (16 * k, 32 * k, 64 * k):
+        for _ in range(n):
+            total += 2 * c_in + 9 * c_in * width + 2 * width + 9 * width * width
+            total += c_in * width if c_in != width else 0
+            c_in = width
+    return total + 2 * c_in + c_in * num_classes + num_classes
+
+
+@pytest.mark.parametrize('num_classes,published', [(10, 36_479_194), (100, 36_536_884)])
+def test_wide_resnet_28_10_parameter_count(num_classes, published):
+    cfg = models.model_config('wide_resnet', depth=28, widen_factor=10)
+    assert _count(cfg, num_classes) == _wrn_count_by_hand(28, 10, num_classes) == published
+
+
+def test_wide_resnet_configs_build_wrn_28_10():
+    from configs import cifar10_wrn28_10, cifar100_wrn28_10
+    assert _count(cifar10_wrn28_10.get_config().model, 10) == 36_479_194
+    assert _count(cifar100_wrn28_10.get_config().model, 100) == 36_536_884
+
+
+def test_stochastic_depth_drops_whole_branches_in_training_only():
+    cfg = _model(stage_sizes=(1, 1), stem_width=4, stochastic_depth=0.5)
+    model = models.create_model(cfg, num_classes=3)
+    x = jax.random.normal(jax.random.key(1), (64, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    plain = models.create_model(_model(stage_sizes=(1, 1), stem_width=4), num_classes=3)
+    # Same parameters; evaluation is the plain network's.
+    np.testing.assert_array_equal(model.apply(variables, x, train=False),
+                                  plain.apply(variables, x, train=False))
+    # In training, the last block (rate 0.5) keeps its branch x2 or drops it: per example.
+    branch = models.layers.drop_path
+
+    class Probe(nn.Module):
+        @nn.compact
+        def __call__(self, y):
+            return branch(y, 0.5, train=True)
+
+    y = Probe().apply({}, jnp.ones((256, 2, 2, 3)), rngs={'dropout': jax.random.key(2)})
+    per_example = np.asarray(y).reshape(256, -1)
+    assert set(np.unique(per_example)) == {0.0, 2.0}
+    assert (per_example == per_example[:, :1]).all()  # a whole example, never part of one
+    assert 0.35 < (per_example[:, 0] == 0).mean() < 0.65
+    trained = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                          rngs={'dropout': jax.random.key(3)})[0]
+    plain_trained = plain.apply(variables, x, train=True, mutable=['batch_stats'])[0]
+    assert not np.allclose(trained, plain_trained)
+
+
+def test_families_and_parts_come_from_the_registries():
+    assert {'resnet', 'airbench', 'wide_resnet'} <= set(models.FAMILIES)
+    assert {'basic', 'bottleneck', 'preact', 'wide'} <= set(models.BLOCKS)
+    assert {'cifar', 'imagenet', 'deep', 'conv7x7_bias', 'conv3x3'} <= set(models.STEMS)
+    # A family's config keys are its module's fields; the model is Family(**keys).
+    cfg = models.model_config('airbench', stage_widths=(8, 8), pool_sizes=(1, 2))
+    assert set(cfg) == {'family'} | set(models.config_keys(models.FAMILIES['airbench']))
+    model = models.create_model(cfg, num_classes=5)
+    assert isinstance(model, models.FAMILIES['airbench']) and model.stage_widths == (8, 8)
+    with pytest.raises(ValueError, match=r"has no keys \['depth'\]"):
+        models.model_config('airbench', depth=18)
+    with pytest.raises(ValueError, match="family='vit' is not valid"):
+        models.create_model({'family': 'vit'}, num_classes=5)
+
+
+def test_a_registered_block_is_a_valid_choice_at_once():
+    from jaxres import config_validation
+    from jaxres.models import registry
+
+    @registry.register(models.BLOCKS, 'test_plain')
+    class Plain(nn.Module):  # two convs, no skip
+        features: int
+        strides: int
+        conv: object
+        norm: object
+        act: object
+
+        @nn.compact
+        def __call__(self, x):
+            x = self.conv(self.features, (3, 3), (self.strides, self.strides), name='conv1')(x)
+            return self.act(self.norm(name='bn1')(x))
+
+    try:
+        config = tiny_config(**{'model.block': 'test_plain'})
+        config_validation.validate(config)
+        # stem conv + BN, stage 1 conv 8->8 + BN, stage 2 conv 8->16 + BN, head.
+        assert _count(config.model, size=8) == (3 * 3 * 3 * 8 + 16 + 9 * 8 * 8 + 16
+                                                + 9 * 8 * 16 + 32 + 16 * 10 + 10)
+    finally:
+        del models.BLOCKS['test_plain']
+    with pytest.raises(config_validation.ConfigError, match="'test_plain' is not valid"):
+        config_validation.validate(config)

@@ -36,10 +36,10 @@ def _launch(args, devices):
 
 def _params(workdir):
     config = quickstart.get_config()
-    trainer = train.Trainer.build(config, datasets.load_digits(), sharding.make_data_mesh())
+    setup = train.TrainSetup.build(config, datasets.load_digits(), sharding.make_data_mesh())
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
     assert manager.latest_step() == 3
-    state = checkpointing.restore_state(manager, 3, trainer.abstract_state())
+    state = checkpointing.restore_state(manager, 3, setup.abstract_state())
     return jax.device_get((state.params, state.batch_stats))
 
 

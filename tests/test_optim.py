@@ -54,6 +54,8 @@ SPE = 3  # steps per epoch
     ('cosine_epochs', {'schedule.end_learning_rate': 0.001},
      lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=0.001)),
     ('constant', {}, lambda o: torch.optim.lr_scheduler.ConstantLR(o, factor=1.0)),
+    ('multistep', {'schedule.milestones': (3, 6, 10), 'schedule.decay_rate': 0.2},
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 6, 10], gamma=0.2)),
 ])
 def test_per_epoch_schedules_match_pytorch(name, overrides, make):
     epochs = 12

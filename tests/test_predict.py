@@ -35,8 +35,8 @@ def _direct_probs(workdir, config, images):
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
     mesh = sharding.make_data_mesh()
     ds = random_dataset()
-    trainer = train.Trainer.build(config, ds, mesh)
-    state = checkpointing.restore_state(manager, manager.latest_step(), trainer.abstract_state())
+    setup = train.TrainSetup.build(config, ds, mesh)
+    state = checkpointing.restore_state(manager, manager.latest_step(), setup.abstract_state())
     model = models.create_model(config.model, 4)
     x = input_pipeline.normalize(images, input_pipeline.Augmentation.from_config(config))
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,

@@ -15,15 +15,15 @@ from conftest import random_dataset, tiny_config
 
 def _run_steps(config, ds, devices, steps):
     mesh = sharding.make_data_mesh(devices)
-    trainer = train.Trainer.build(config, ds, mesh)
+    setup = train.TrainSetup.build(config, ds, mesh)
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
-    state = trainer.init_state()
+    state = setup.init_state()
     losses = []
     with jax.transfer_guard('disallow'):
         for _ in range(steps):
-            state, metrics = trainer.train_step_fn(state, data, trainer.epoch_order_fn(state.step))
+            state, metrics = setup.train_step_fn(state, data, setup.epoch_order_fn(state.step))
             losses.append(metrics['loss'])
-    return trainer, data, state, [float(l) for l in jax.device_get(losses)]
+    return setup, data, state, [float(l) for l in jax.device_get(losses)]
 
 
 def test_8_devices_match_1_device():
@@ -43,10 +43,10 @@ def test_compiled_step_has_combined_all_reduce_and_no_host_callbacks():
     ds = random_dataset()
     config = tiny_config()
     mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, ds, mesh)
+    setup = train.TrainSetup.build(config, ds, mesh)
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
-    state = trainer.init_state()
-    hlo = trainer.train_step_fn.lower(state, data, trainer.epoch_order_fn(state.step)
+    state = setup.init_state()
+    hlo = setup.train_step_fn.lower(state, data, setup.epoch_order_fn(state.step)
                                       ).compile().as_text()
     all_reduces = [l for l in hlo.splitlines() if re.search(r'\ball-reduce(-start)?\(', l)]
     num_params = len(jax.tree_util.tree_leaves(state.params))
@@ -91,14 +91,14 @@ def test_state_restores_onto_a_different_device_count(tmp_path):
     from jaxres import checkpointing
     ds = random_dataset()
     config = tiny_config()
-    trainer8, data8, state8, _ = _run_steps(config, ds, jax.devices(), 2)
+    setup8, data8, state8, _ = _run_steps(config, ds, jax.devices(), 2)
     manager = checkpointing.create_manager(str(tmp_path / 'ckpt'), config)
     checkpointing.save(manager, 2, state8, {'config': {}})
     manager.wait_until_finished()
     mesh1 = sharding.make_data_mesh(jax.devices()[:1])
-    trainer1 = train.Trainer.build(config, ds, mesh1)
-    state1 = checkpointing.restore_state(manager, 2, trainer1.abstract_state())
+    setup1 = train.TrainSetup.build(config, ds, mesh1)
+    state1 = checkpointing.restore_state(manager, 2, setup1.abstract_state())
     assert state1.params['head']['kernel'].sharding.device_set == {jax.devices()[0]}
     data1 = input_pipeline.to_device(ds, mesh1, config.eval_batch_size)
-    r1, r8 = trainer1.evaluate(state1, data1), trainer8.evaluate(state8, data8)
+    r1, r8 = setup1.evaluate(state1, data1), setup8.evaluate(state8, data8)
     assert r1['accuracy'] == r8['accuracy'] and r1['loss'] == pytest.approx(r8['loss'], rel=1e-5)

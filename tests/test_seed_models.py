@@ -1,6 +1,7 @@
 """Each seed's model against a PyTorch reference written from the seed's code.
 
-The references below are small nn.Modules that follow each seed's own code
+The references (benchmarks/torch_ports.py, shared with benchmarks/twin.py) are
+small nn.Modules that follow each seed's own code
 (kuangliu's CIFAR ResNet for seeds 000-002, the Keras pre-activation network of
 seed 003 rewritten in PyTorch with TF 'same' padding, Zhenye Na's network and
 torchvision's ResNet-18 layout for seed 004).  Their submodules carry the Flax
@@ -17,6 +18,7 @@ parts mixed with ELU, on an odd input size.
 
 import functools
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,181 +28,14 @@ torch = pytest.importorskip('torch')
 nn = torch.nn
 F = torch.nn.functional
 
+from benchmarks.torch_ports import (CifarResNet, KerasPreActNet, KuangliuBasic,  # noqa: E402
+                                    KuangliuBottleneck, Pair, flax_node, port)
 from configs import (cifar10_preact, cifar10_resnet2111, cifar10_resnet9,  # noqa: E402
                      cifar10_resnet_b, cifar100_finetune_resnet18, cifar100_preact,
                      cifar100_resnet)
 from jaxres import models  # noqa: E402
 
 TOL = 1e-4
-
-
-# --------------------------------------------------------------------------- #
-# PyTorch references
-# --------------------------------------------------------------------------- #
-def _bn(c, keras=False):
-    # Keras BatchNormalization(momentum=0.99, epsilon=1e-3) is PyTorch's
-    # momentum=0.01, eps=1e-3.
-    return nn.BatchNorm2d(c, momentum=0.01, eps=1e-3) if keras else nn.BatchNorm2d(c)
-
-
-class Pair(nn.Module):
-    """conv + BN, registered as 'conv' and 'bn' (the Flax shortcut/stem layout)."""
-
-    def __init__(self, conv, bn):
-        super().__init__()
-        self.conv, self.bn = conv, bn
-
-    def forward(self, x):
-        return self.bn(self.conv(x))
-
-
-class KuangliuBasic(nn.Module):
-    """kuangliu BasicBlock; seed 004's variant: 3x3 shortcut, no ReLU after the add."""
-
-    def __init__(self, cin, planes, stride, shortcut_kernel=1, post_relu=True, act=F.relu):
-        super().__init__()
-        self.act = act
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.post_relu = post_relu
-        self.shortcut = None
-        if stride != 1 or cin != planes:
-            k = shortcut_kernel
-            self.shortcut = Pair(nn.Conv2d(cin, planes, k, stride, k // 2, bias=False),
-                                 nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = out + (self.shortcut(x) if self.shortcut is not None else x)
-        return self.act(out) if self.post_relu else out
-
-
-class KuangliuBottleneck(nn.Module):
-    """kuangliu Bottleneck (stride on the 3x3: ResNet-B); stride_on='1x1' is v1."""
-
-    def __init__(self, cin, planes, stride, stride_on='3x3'):
-        super().__init__()
-        s1, s3 = (1, stride) if stride_on == '3x3' else (stride, 1)
-        self.conv1 = nn.Conv2d(cin, planes, 1, s1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, s3, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * planes)
-        self.shortcut = None
-        if stride != 1 or cin != 4 * planes:
-            self.shortcut = Pair(nn.Conv2d(cin, 4 * planes, 1, stride, bias=False),
-                                 nn.BatchNorm2d(4 * planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (self.shortcut(x) if self.shortcut is not None else x))
-
-
-class CifarResNet(nn.Module):
-    """kuangliu ResNet (seeds 000-002) and Zhenye Na's net (seed 004 part 1).
-
-    ``stem='imagenet'`` gives torchvision's layout (conv7x7/2, maxpool3x3/2).
-    """
-
-    def __init__(self, block, sizes, widths, stem_width, num_classes, stem='cifar',
-                 stem_dropout=0.0, head_pool='avg', **block_kw):
-        super().__init__()
-        if stem == 'cifar':
-            self.stem = Pair(nn.Conv2d(3, stem_width, 3, 1, 1, bias=False),
-                             nn.BatchNorm2d(stem_width))
-        else:
-            self.stem = Pair(nn.Conv2d(3, stem_width, 7, 2, 3, bias=False),
-                             nn.BatchNorm2d(stem_width))
-        self.stem_kind = stem
-        self.stem_dropout = nn.Dropout2d(stem_dropout)
-        cin = stem_width
-        expansion = 4 if block is KuangliuBottleneck else 1
-        for i, (n, w) in enumerate(zip(sizes, widths)):
-            for j in range(n):
-                stride = (1 if i == 0 else 2) if j == 0 else 1
-                setattr(self, f'stage{i + 1}_block{j + 1}', block(cin, w, stride, **block_kw))
-                cin = w * expansion
-        self.names = [f'stage{i + 1}_block{j + 1}' for i, n in enumerate(sizes) for j in range(n)]
-        self.head_pool = head_pool
-        self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        out = F.relu(self.stem(x))
-        if self.stem_kind == 'imagenet':
-            out = F.max_pool2d(out, 3, 2, 1)
-        out = self.stem_dropout(out)
-        for name in self.names:
-            out = getattr(self, name)(out)
-        # kuangliu: avg_pool2d(out, 4) (seed 000: 8) on the last map = a global pool.
-        k = out.shape[-1]
-        out = F.max_pool2d(out, k) if self.head_pool == 'max' else F.avg_pool2d(out, k)
-        return self.head(out.flatten(1))
-
-
-class TFSameConv(nn.Conv2d):
-    """Conv2d with TF/Keras padding='same' (under stride 2: the extra pad at the end)."""
-
-    def forward(self, x):
-        pads = []
-        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
-            total = max((-(-size // s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
-
-
-class KerasPreActUnit(nn.Module):
-    """One iteration of seed 003's Keras loop (bias everywhere, Keras BN)."""
-
-    def __init__(self, cin, filters, first_of_group, dropout):
-        super().__init__()
-        self.first = first_of_group
-        if first_of_group:
-            self.widen = TFSameConv(cin, filters, 1)
-        self.bn1 = _bn(filters, keras=True)
-        self.conv1 = TFSameConv(filters, filters, 3, stride=2 if first_of_group else 1)
-        self.bn2 = _bn(filters, keras=True)
-        self.conv2 = TFSameConv(filters, filters, 3)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        if self.first:
-            x = self.widen(x)
-            x = self.conv1(F.relu(self.bn1(x)))  # no skip connection
-        else:
-            x = x + self.conv1(F.relu(self.bn1(x)))
-        return x + self.dropout(self.conv2(F.relu(self.bn2(x))))
-
-
-class KerasPreActNet(nn.Module):
-    """Seed 003: conv7x7 stem, 12 units in 3 groups, BN + 8x8 avg pool + dense."""
-
-    def __init__(self, num_classes, dropout):
-        super().__init__()
-        self.stem = nn.Module()
-        self.stem.conv = TFSameConv(3, 32, 7)
-        filters, cin, self.names = 32, 32, []
-        for i in range(12):
-            first = i > 0 and i % 4 == 0
-            filters = filters * 2 if first else filters
-            name = f'stage{i // 4 + 1}_block{i % 4 + 1}'
-            setattr(self, name, KerasPreActUnit(cin, filters, first, dropout))
-            self.names.append(name)
-            cin = filters
-        self.head_bn = _bn(128, keras=True)
-        self.head = nn.Linear(128, num_classes)
-
-    def forward(self, x):
-        x = self.stem.conv(x)
-        for name in self.names:
-            x = getattr(self, name)(x)
-        x = F.avg_pool2d(self.head_bn(x), 8)
-        return self.head(x.flatten(1))
 
 
 # --------------------------------------------------------------------------- #
@@ -217,59 +52,6 @@ def _randomize_bn(module, seed=0):
                 m.bias.copy_(0.2 * torch.randn(c, generator=g))
                 m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
                 m.running_var.copy_(1 + 0.5 * torch.rand(c, generator=g))
-
-
-def _node(tree, path):
-    for p in path:
-        tree = tree[p]
-    if 'kernel' not in tree and 'scale' not in tree and 'mean' not in tree and len(tree) == 1:
-        (tree,) = tree.values()  # models.BiasConv wraps its nn.Conv
-    return tree
-
-
-def port(torch_model, shapes):
-    """Flax variables (same structure as ``shapes``) filled from the PyTorch weights.
-
-    OIHW conv kernels -> HWIO, Linear weight transposed, BN weight/bias ->
-    scale/bias, running_mean/var -> batch_stats mean/var.  Every Flax leaf must
-    be filled exactly once.
-    """
-    variables = _to_dicts(shapes)  # plain mutable dicts, leaves still ShapeDtypeStructs
-    filled = []
-
-    def put(collection, path, key, value):
-        node = _node(variables[collection], path)
-        expected = node[key].shape
-        assert value.shape == expected, (path, key, value.shape, expected)
-        assert isinstance(node[key], jax.ShapeDtypeStruct), ('filled twice', path, key)
-        node[key] = jnp.asarray(value, jnp.float32)
-        filled.append((collection, path, key))
-
-    for name, m in torch_model.named_modules():
-        path = name.split('.')
-        t = lambda x: x.detach().numpy().copy()  # JAX may alias numpy memory on CPU
-        if isinstance(m, nn.Conv2d):
-            put('params', path, 'kernel', t(m.weight).transpose(2, 3, 1, 0))
-            if m.bias is not None:
-                put('params', path, 'bias', t(m.bias))
-        elif isinstance(m, nn.BatchNorm2d):
-            put('params', path, 'scale', t(m.weight))
-            put('params', path, 'bias', t(m.bias))
-            put('batch_stats', path, 'mean', t(m.running_mean))
-            put('batch_stats', path, 'var', t(m.running_var))
-        elif isinstance(m, nn.Linear):
-            put('params', path, 'kernel', t(m.weight).T)
-            put('params', path, 'bias', t(m.bias))
-    left = [p for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]
-            if isinstance(x, jax.ShapeDtypeStruct)]
-    assert not left, f'Flax variables with no PyTorch counterpart: {left}'
-    return variables
-
-
-def _to_dicts(tree):
-    if isinstance(tree, dict) or hasattr(tree, 'items'):
-        return {k: _to_dicts(v) for k, v in tree.items()}
-    return tree
 
 
 def _torch_bn_stats(torch_model):
@@ -317,7 +99,7 @@ def _check(config_module, torch_model_fn, num_classes, size, dropout_keys=()):
             stats = _torch_bn_stats(ref)
             assert stats
             for name, (mean, var) in stats.items():
-                node = _node(updates['batch_stats'], name.split('.'))
+                node = flax_node(updates['batch_stats'], name.split('.'))
                 np.testing.assert_allclose(node['mean'], mean, atol=1e-5, rtol=1e-5,
                                            err_msg=f'{name} running mean')
                 np.testing.assert_allclose(node['var'], var, atol=1e-5, rtol=1e-5,
@@ -428,7 +210,7 @@ def test_batchnorm_running_variance_unbiased_vs_flax_biased():
     n = 18
     batch_var = np.var(np.asarray(x).reshape(-1, 5), axis=0)
     outs = {}
-    for name, cls in (('unbiased', models.BatchNorm), ('biased', models.nn.BatchNorm)):
+    for name, cls in (('unbiased', models.BatchNorm), ('biased', flax.linen.BatchNorm)):
         module = cls(use_running_average=False, momentum=0.9)
         variables = module.init(jax.random.key(1), x)
         y, upd = module.apply(variables, x, mutable=['batch_stats'])

@@ -55,14 +55,14 @@ def test_whitening_stem_is_computed_from_the_data_and_stays_frozen():
         rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64))
     config = cifar10_speedrun_sgd.get_config()
     config.batch_size, config.eval_batch_size, config.model.whiten_samples = 64, 64, 100
-    trainer = train.Trainer.build(config, ds, sharding.make_data_mesh())
-    state = trainer.init_state()
-    sample = input_pipeline.normalize(ds.train_images[:100], trainer.aug)
+    setup = train.TrainSetup.build(config, ds, sharding.make_data_mesh())
+    state = setup.init_state()
+    sample = input_pipeline.normalize(ds.train_images[:100], setup.augmentation)
     want = models.whitening_kernel(sample, 2)
     kernel = np.asarray(state.params['stem']['conv']['kernel'])  # the step donates the state
     np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)
-    data = input_pipeline.to_device(ds, trainer.mesh, 64)
+    data = input_pipeline.to_device(ds, setup.mesh, 64)
     bias_before = np.asarray(state.params['stem']['conv']['bias'])
-    state, _ = trainer.train_step_fn(state, data, trainer.epoch_order_fn(state.step))
+    state, _ = setup.train_step_fn(state, data, setup.epoch_order_fn(state.step))
     np.testing.assert_array_equal(state.params['stem']['conv']['kernel'], kernel)
     assert not np.array_equal(state.params['stem']['conv']['bias'], bias_before)  # trained

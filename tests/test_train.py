@@ -10,24 +10,24 @@ import numpy as np
 import optax
 import pytest
 
-from jaxres import checkpointing, evaluate, input_pipeline, main, metric_logging, optim, sharding
-from jaxres import train
+from jaxres import checkpointing, evaluate, input_pipeline, main, metric_logging, models, optim
+from jaxres import sharding, train
 
 from conftest import random_dataset, tiny_config
 
 
-def _trainer(config, ds, devices=None):
+def _setup(config, ds, devices=None):
     mesh = sharding.make_data_mesh(devices)
-    return train.Trainer.build(config, ds, mesh), input_pipeline.to_device(
+    return train.TrainSetup.build(config, ds, mesh), input_pipeline.to_device(
         ds, mesh, config.eval_batch_size)
 
 
 def test_loss_falls_on_a_fixed_batch():
     config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.05})
     ds = random_dataset(n_train=32)
-    trainer, _ = _trainer(config, ds)
-    state = trainer.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+    setup, _ = _setup(config, ds)
+    state = setup.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
              'label': ds.train_labels}
     step = jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0)))
     losses = []
@@ -42,15 +42,15 @@ def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
     # Whole 'whiten' stem frozen: the step matches the optimizer-masked one, the
     # stem stays put, and the compiled step has fewer convolutions (no gradient
     # into the stem, nor into the first block's input).
-    config = tiny_config(**{'model.stem': 'whiten', 'model.block': 'conv_pool',
-                            'model.stage_widths': (8, 8), 'model.bn_scale': False,
+    config = tiny_config(**{'model': models.model_config('airbench', stage_widths=(8, 8),
+                                                         pool_sizes=(1, 2)),
                             'backend.conv': 'xla',
                             'schedule.name': 'constant', 'schedule.learning_rate': 0.05,
                             'optimizer.freeze': ('stem',)})
     ds = random_dataset(n_train=32)
-    trainer, _ = _trainer(config, ds)
-    state = trainer.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+    setup, _ = _setup(config, ds)
+    state = setup.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
              'label': ds.train_labels}
 
     def step(frozen):
@@ -74,9 +74,9 @@ def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
     assert convolutions(pruned) < convolutions(masked_only)
 
 def _params(workdir, config, ds):
-    trainer, _ = _trainer(config, ds)
+    setup, _ = _setup(config, ds)
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
-    state = checkpointing.restore_state(manager, manager.latest_step(), trainer.abstract_state())
+    state = checkpointing.restore_state(manager, manager.latest_step(), setup.abstract_state())
     return jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
@@ -131,7 +131,7 @@ def test_eval_of_restored_checkpoint_equals_end_of_training(tmp_path, monkeypatc
 def test_fractional_epochs_end_mid_epoch_with_the_final_evaluation(tmp_path):
     # 4 steps per epoch: 1.5 epochs are 6 steps, 0.7 epochs ceil(2.8) = 3.
     ds = random_dataset()
-    assert _trainer(tiny_config(num_epochs=0.7), ds)[0].schedule_steps == 3
+    assert _setup(tiny_config(num_epochs=0.7), ds)[0].schedule_steps == 3
     config = tiny_config(num_epochs=1.5, **{'eval.every_epochs': 100})
     results = train.train_and_evaluate(config, str(tmp_path), ds)
     assert results['step'] == 6
@@ -141,8 +141,8 @@ def test_fractional_epochs_end_mid_epoch_with_the_final_evaluation(tmp_path):
 def test_eval_counts_10000_examples_with_a_batch_that_does_not_divide_it():
     ds = random_dataset(n_train=64, n_eval=10_000)
     config = tiny_config(eval_batch_size=48)
-    trainer, data = _trainer(config, ds)
-    results = trainer.evaluate(trainer.init_state(), data)
+    setup, data = _setup(config, ds)
+    results = setup.evaluate(setup.init_state(), data)
     assert results['num_examples'] == 10_000
     assert np.sum(results['confusion_matrix']) == 10_000
     predicted_right = np.trace(results['confusion_matrix'])
@@ -153,14 +153,14 @@ def test_step_compiles_once(tmp_path):
     ds = random_dataset()
     config = tiny_config()
     mesh = sharding.make_data_mesh()
-    trainer = train.Trainer.build(config, ds, mesh)
+    setup = train.TrainSetup.build(config, ds, mesh)
     data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
-    state = trainer.init_state()
+    state = setup.init_state()
     with jax.transfer_guard('disallow'):
         for _ in range(6):
-            order = trainer.epoch_order_fn(state.step)
-            state, _ = trainer.train_step_fn(state, data, order)
-    assert trainer.train_step_fn._cache_size() == 1
+            order = setup.epoch_order_fn(state.step)
+            state, _ = setup.train_step_fn(state, data, order)
+    assert setup.train_step_fn._cache_size() == 1
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
@@ -225,9 +225,9 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
     config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.1,
                             'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.0})
     ds = random_dataset(n_train=32)
-    trainer, _ = _trainer(config, ds)
-    state = trainer.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, trainer.aug),
+    setup, _ = _setup(config, ds)
+    state = setup.init_state()
+    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
              'label': ds.train_labels}
     step = jax.jit(lambda s, b, k: train.train_step(s, b, dropout_key=jax.random.key(0),
                                                     accum_steps=k), static_argnums=2)
@@ -261,3 +261,58 @@ def test_cadence_by_epoch_step_and_minutes():
     assert [cadence.next_eval(s) for s in (0, 19, 20, 34)] == [20, 20, 35, 35]
     by_step = dataclasses.replace(cadence, eval_every_steps=6)
     assert [by_step.next_eval(s) for s in (0, 6, 17, 18, 30)] == [6, 12, 18, 20, 35]
+
+
+def test_ema_update_averages_weights_and_statistics_and_leaves_them_alone():
+    zeros = {'params': {'w': jnp.zeros(2)}, 'batch_stats': {'m': jnp.zeros(1)}}
+    state = train.TrainState.create(apply_fn=None, params=zeros['params'],
+                                    batch_stats=zeros['batch_stats'], tx=optax.sgd(1.0),
+                                    ema=zeros)
+    for _ in range(3):  # each step adds 1 to every weight and statistic
+        state = state.apply_gradients(grads={'w': -jnp.ones(2)},
+                                      batch_stats={'m': state.batch_stats['m'] + 1})
+        state = train.ema_update(state, 0.9)
+    # ema_t = 0.9 ema_{t-1} + 0.1 t: 0.1, 0.29, 0.561; the live weights are 3.
+    np.testing.assert_allclose(state.ema['params']['w'], [0.561, 0.561], rtol=1e-6)
+    np.testing.assert_allclose(state.ema['batch_stats']['m'], [0.561], rtol=1e-6)
+    np.testing.assert_array_equal(state.params['w'], [3, 3])
+    assert train.evaluated_variables(state, use_ema=False)['params'] is state.params
+    assert train.evaluated_variables(state, use_ema=True) is state.ema
+
+
+def test_ema_is_evaluated_saved_and_restored_for_eval(tmp_path, monkeypatch):
+    ds = random_dataset()
+    config = tiny_config(**{'optimizer.ema_decay': 0.5})
+    workdir = str(tmp_path)
+    at_end = train.train_and_evaluate(config, workdir, ds)
+    setup, _ = _setup(config, ds)
+    manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
+    state = checkpointing.restore_state(manager, 8, setup.abstract_state())
+    data = input_pipeline.to_device(ds, setup.mesh, config.eval_batch_size)
+    # The run's evaluation is the EMA's, not the live weights'.
+    assert setup.evaluate(state, data)['loss'] == pytest.approx(at_end['loss'], rel=1e-6)
+    config.eval.ema = False
+    live = _setup(config, ds)[0].evaluate(state, data)
+    assert live['loss'] != pytest.approx(at_end['loss'], rel=1e-3)
+    # --mode=eval restores the EMA (eval.ema, the default) or the live weights.
+    monkeypatch.setattr(main.datasets, 'load_dataset', lambda cfg: ds)
+    assert main.evaluate_checkpoint(config, workdir)['loss'] == pytest.approx(live['loss'],
+                                                                             rel=1e-6)
+    config.eval.ema = True
+    assert main.evaluate_checkpoint(config, workdir)['loss'] == pytest.approx(at_end['loss'],
+                                                                             rel=1e-6)
+
+
+def test_cutout_mixup_cutmix_stochastic_depth_and_ema_train_together(tmp_path):
+    ds = random_dataset()
+    config = tiny_config(**{'data.cutout': 3, 'data.mixup': 0.2, 'data.cutmix': 1.0,
+                            'model.stochastic_depth': 0.2, 'optimizer.ema_decay': 0.9})
+    setup, data = _setup(config, ds)
+    order = setup.epoch_order_fn(jnp.asarray(0))
+    batch = input_pipeline.train_batch(data, order, jnp.asarray(0), jnp.asarray(0),
+                                       jax.random.key(1), setup.augmentation)
+    assert set(batch) == {'image', 'label', 'mixed_label', 'mix_weight'}
+    results = train.train_and_evaluate(config, str(tmp_path), ds)
+    assert results['step'] == 8 and np.isfinite(results['loss'])
+    records = metric_logging.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+    assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)

@@ -1,0 +1,189 @@
+"""The airbench family: Keller Jordan's CIFAR-10 speedrun network.
+
+``whitening stem -> conv groups (conv, max-pool, BN, act, conv, BN, act) ->
+global max-pool -> linear head x head_scale``: no skip connections (each conv
+starts as an identity on its first channels, ``kernel_init='dirac'``), BN
+without a learned scale, a head without bias.  The stem's kernel is not
+learned from a random start: ``kernels_from_data`` computes it from the first
+``whiten_samples`` training images (train.py calls it at initialisation), and
+the speedrun configs freeze it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, ClassVar, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxres.conv import patches
+from jaxres.models import layers
+from jaxres.models.registry import FAMILIES, register
+
+ModuleDef = Any
+Array = jax.Array
+
+
+def _tiles(x: Array, size: int) -> Array:
+    n, h, w, c = x.shape
+    hh, ww = h // size, w // size
+    return x[:, :hh * size, :ww * size, :].reshape(n, hh, size, ww, size, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool_tiles(x: Array, size: int) -> Array:
+    """Max over non-overlapping ``size`` x ``size`` tiles (PyTorch ``MaxPool2d(size)``).
+
+    Equal to ``nn.max_pool(x, (size, size), (size, size))`` (odd edges dropped).
+    Its gradient is written out as an elementwise mask: XLA:CPU expands
+    ``reduce_window``'s gradient (select-and-scatter) into index-tracking
+    reductions and a scatter, a large part of this net's step there
+    (benchmarks/RESULTS.md).  A tie passes the gradient to every maximal element
+    (PyTorch: the first).
+    """
+    return jnp.max(_tiles(x, size), axis=(2, 4))
+
+
+def _max_pool_tiles_fwd(x: Array, size: int) -> tuple[Array, tuple[Array, Array]]:
+    y = max_pool_tiles(x, size)
+    return y, (x, y)
+
+
+def _max_pool_tiles_bwd(size: int, res: tuple[Array, Array], g: Array) -> tuple[Array]:
+    x, y = res
+    n, h, w, c = x.shape
+    hh, ww = y.shape[1:3]
+    hit = _tiles(x, size) == y[:, :, None, :, None]
+    dx = jnp.where(hit, g[:, :, None, :, None], 0).reshape(n, hh * size, ww * size, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - hh * size), (0, w - ww * size), (0, 0))),)
+
+
+max_pool_tiles.defvjp(_max_pool_tiles_fwd, _max_pool_tiles_bwd)
+
+
+def tile_pool_fn(impl: str) -> Callable[[Array, int], Array]:
+    """Non-overlapping ``size`` x ``size`` max-pooling: 'tiles' (``max_pool_tiles``,
+    for XLA:CPU) or 'xla' (``nn.max_pool``); ``backend.choose`` picks one."""
+    if impl == 'tiles':
+        return max_pool_tiles
+    if impl == 'xla':
+        return lambda x, size: nn.max_pool(x, (size, size), (size, size))
+    raise ValueError(f'max-pool lowering {impl!r} is not one of (\'xla\', \'tiles\').')
+
+
+def whitening_kernel(images: Array, kernel_size: int, eps: float = 5e-4) -> Array:
+    """The whitening stem's kernel from (N, H, W, C) normalised images (HWIO).
+
+    The eigenvectors of the covariance of all k x k patches, each scaled by
+    1/sqrt(eigenvalue + eps), largest first, followed by their negatives: the
+    conv's outputs are decorrelated, unit-variance patch coordinates.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    c, k = images.shape[-1], kernel_size
+    # (i, j, c) order: the order of an HWIO kernel's (k*k*C) rows.
+    flat = patches(images, (k, k), (1, 1), ((0, 0), (0, 0))).reshape(-1, k * k * c)
+    cov = flat.T @ flat / flat.shape[0]
+    eigenvalues, eigenvectors = jnp.linalg.eigh(cov)  # ascending
+    vectors = (eigenvectors / jnp.sqrt(eigenvalues + eps))[:, ::-1]  # (k*k*C, k*k*C)
+    kernel = vectors.reshape(k, k, c, k * k * c)
+    return jnp.concatenate([kernel, -kernel], axis=-1)
+
+
+class WhiteningStem(nn.Module):
+    """``kernel`` x ``kernel`` conv, no padding, 2 * C * k * k filters (each
+    whitening direction and its negative) and a bias, then act."""
+
+    kernel: int
+    conv: ModuleDef
+    act: Callable[[Array], Array]
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel
+        x = self.conv(2 * x.shape[-1] * k * k, (k, k), padding=[(0, 0), (0, 0)],
+                      use_bias=True, name='conv')(x)
+        return self.act(x)
+
+
+class ConvPoolBlock(nn.Module):
+    """airbench's conv group: conv3x3 -> max-pool -> BN -> act -> conv3x3 -> BN -> act.
+
+    No skip connection: with ``kernel_init='dirac'`` each conv starts as an
+    identity on its first channels instead.
+    """
+
+    features: int
+    pool_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable[[Array], Array]
+    pool: Callable[[Array, int], Array] = max_pool_tiles
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = self.conv(self.features, (3, 3), name='conv1')(x)
+        if self.pool_size > 1:
+            x = self.pool(x, self.pool_size)
+        x = self.act(self.norm(name='bn1')(x))
+        x = self.conv(self.features, (3, 3), name='conv2')(x)
+        return self.act(self.norm(name='bn2')(x))
+
+
+@register(FAMILIES, 'airbench')
+class Airbench(nn.Module):
+    """airbench94's network; the defaults are its settings.
+
+    Config keys (``config.model``, with ``family='airbench'``):
+      stage_widths: channels of each conv group (airbench93: (64, 128, 128)).
+      pool_sizes: each group's max-pool size (the resolution's reduction).
+      whiten_kernel / whiten_samples: the stem's patch size and how many training
+        images its kernel is computed from.
+      activation, kernel_init, dense_init: ``layers`` names.
+      bn_momentum: Flax convention (airbench's PyTorch momentum 0.6 is 0.4).
+      head_scale: multiplies the logits (1/9: tempers them at its high lr).
+    ``num_classes``, ``dtype`` and the lowerings (``conv_impl``, ``max_pool``) come
+    from the run (``create_model``).
+    """
+
+    choices: ClassVar[dict[str, Any]] = {
+        'activation': layers.ACTIVATIONS, 'kernel_init': layers.KERNEL_INITS,
+        'dense_init': layers.KERNEL_INITS}
+
+    num_classes: int = 10
+    stage_widths: Sequence[int] = (64, 256, 256)
+    pool_sizes: Sequence[int] = (2, 2, 2)
+    whiten_kernel: int = 2
+    whiten_samples: int = 5000
+    activation: str = 'gelu'
+    kernel_init: str = 'dirac'
+    dense_init: str = 'pytorch'
+    bn_momentum: float = 0.4
+    bn_epsilon: float = 1e-12
+    head_scale: float = 1 / 9
+    conv_impl: str = 'xla'
+    max_pool: str = 'xla'
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        act = layers.ACTIVATIONS[self.activation]
+        conv, _ = layers.conv_factories(self.kernel_init, 'symmetric', self.conv_impl,
+                                        self.dtype)
+        norm = layers.norm_factory(train, self.bn_momentum, self.bn_epsilon, 'biased',
+                                   use_scale=False, dtype=self.dtype)
+        pool = tile_pool_fn(self.max_pool)
+        x = WhiteningStem(self.whiten_kernel, conv, act, name='stem')(x.astype(self.dtype))
+        for i, (width, size) in enumerate(zip(self.stage_widths, self.pool_sizes)):
+            x = ConvPoolBlock(width, size, conv, norm, act, pool,
+                              name=f'stage{i + 1}_block1')(x)
+        x = jnp.max(x, axis=(1, 2))
+        x = layers.linear_head(x, self.num_classes, self.dense_init, use_bias=False,
+                               dtype=self.dtype)
+        return (x * self.head_scale).astype(jnp.float32)
+
+    def kernels_from_data(self, images: Array) -> dict[str, Any]:
+        """The parameters computed from normalised training images at initialisation:
+        the stem's whitening kernel, as a params subtree to overwrite."""
+        return {'stem': {'conv': {'kernel': whitening_kernel(images, self.whiten_kernel)}}}
