@@ -54,7 +54,7 @@ if __name__ == '__main__':  # before TensorFlow is imported, as launch.py
     from jaxres import console
     console.quiet_native_startup(os.environ, sys.argv)
 
-from jaxres import config_validation, datasets, input_pipeline, metric_logging  # noqa: E402
+from jaxres import config_validation, datasets, metric_logging, preprocess  # noqa: E402
 from jaxres import main as jaxres_main  # noqa: E402
 from jaxres import sharding, train  # noqa: E402
 
@@ -102,12 +102,15 @@ def check_portable(config: ml_collections.ConfigDict, num_classes: int) -> None:
         'optimizer.weight_decay_mode': ('coupled', 'loss'),
         'optimizer.bn_bias_lr_scale': (1.0,), 'optimizer.freeze': ((),),
         'optimizer.lookahead_every': (0,), 'optimizer.ema_decay': (0.0,),
-        'grad_accum_steps': (1,), 'dtype': ('float32',), 'data.flip_mode': ('random',),
+        'grad_accum_steps': (1,), 'dtype': ('float32',),
         'data.standardize': ('channel', 'scalar'), 'eval.tta': (False,),
-        'data.cutout': (0,), 'data.mixup': (0.0,), 'data.cutmix': (0.0,),
+        'data.eval_pp': ('normalize',),
     }
     bad = [f'{k}={get(k, ok[0])!r}' for k, ok in ported.items()
            if torch_ports.hashable(get(k, ok[0])) not in ok]
+    pipeline = preprocess.Preprocess.from_config(config)
+    bad += [f'data.train_pp op {s}' for s in pipeline.steps if s.name not in TORCH_OPS
+            or (s.name == 'flip_lr' and s['mode'] != 'random')]
     if bad:
         raise TwinError(f'no PyTorch port for {", ".join(bad)}: no seed uses it.')
     try:
@@ -212,42 +215,47 @@ class ArrayImages(torch.utils.data.Dataset if torch else object):
             int(self.labels[i])
 
 
+def _torch_affine(T: Any, size: int, /, rotation: float, width_shift: float,
+                  height_shift: float, interpolation: str, fill: str) -> list:
+    mode = {'bilinear': T.InterpolationMode.BILINEAR, 'nearest': T.InterpolationMode.NEAREST}
+    if fill == 'constant' and not (width_shift or height_shift):  # seed 002
+        return [T.RandomRotation(rotation, mode[interpolation], fill=0)]
+    if fill == 'constant':
+        return [T.RandomAffine(rotation, (width_shift, height_shift),
+                               interpolation=mode[interpolation], fill=0)]
+    # Keras' fill_mode='nearest' (seed 003): warp an edge-padded copy 3x the size
+    # (the shift is then a third of its size), keep the centre.
+    return [T.Pad(size, padding_mode='edge'),
+            T.RandomAffine(rotation, (width_shift / 3, height_shift / 3),
+                           interpolation=mode[interpolation]),
+            T.CenterCrop(size)]
+
+
+# jaxres op -> (torchvision module, images of ``size`` pixels, the op's arguments) ->
+# its torchvision transforms.
+TORCH_OPS: dict[str, Callable[..., list]] = {
+    'crop': lambda T, size, /, padding, mode: [T.RandomCrop(size, padding=padding, fill=0,
+                                                            padding_mode=mode)],
+    'flip_lr': lambda T, size, /, mode: [T.RandomHorizontalFlip()],
+    'flip_ud': lambda T, size, /: [T.RandomVerticalFlip()],
+    'color_jitter': lambda T, size, /, **factors: [T.ColorJitter(**factors)],
+    'random_resized_crop': lambda T, stored, /, size, scale, ratio: [T.RandomResizedCrop(
+        size or stored, scale, ratio, T.InterpolationMode.BILINEAR)],
+    'affine': _torch_affine,
+    'normalize': lambda T, size, /: [],  # at the end, after the resize
+}
+
+
 def torch_transforms(config: ml_collections.ConfigDict, size: int, train_split: bool):
-    """The torchvision pipeline of ``config.data`` for images of ``size`` pixels: the
-    augmentations in jaxres's order (train), resize to ``data.image_size``, normalise."""
+    """The torchvision pipeline of ``data.train_pp`` (train; eval: none) for images of
+    ``size`` pixels, then the resize to ``data.image_size`` and the normalisation."""
     T = torchvision_transforms()
     d = config.data
-    aug = input_pipeline.Augmentation.from_config(config)
-    mode = {'bilinear': T.InterpolationMode.BILINEAR, 'nearest': T.InterpolationMode.NEAREST}
     steps = []
-    for op in (aug.ops() if train_split else ()):
-        if op == 'crop':
-            steps.append(T.RandomCrop(size, padding=d.crop_padding, fill=0,
-                                      padding_mode=d.padding_mode))
-        elif op == 'hflip':
-            steps.append(T.RandomHorizontalFlip())
-        elif op == 'vflip':
-            steps.append(T.RandomVerticalFlip())
-        elif op == 'color_jitter':
-            steps.append(T.ColorJitter(d.brightness, d.contrast, d.saturation, d.hue))
-        elif op == 'random_resized_crop':
-            size = d.image_size or size
-            steps.append(T.RandomResizedCrop(size, tuple(d.crop_scale), tuple(d.crop_ratio),
-                                             T.InterpolationMode.BILINEAR))
-        elif op == 'affine' and not (d.width_shift or d.height_shift) and d.fill == 'constant':
-            steps.append(T.RandomRotation(d.rotation, mode[d.interpolation], fill=0))  # seed 002
-        elif op == 'affine' and d.fill == 'constant':
-            steps.append(T.RandomAffine(d.rotation, (d.width_shift, d.height_shift),
-                                        interpolation=mode[d.interpolation], fill=0))
-        elif op == 'affine':
-            # Keras' fill_mode='nearest' (seed 003): warp an edge-padded copy 3x the size
-            # (the shift is then a third of its size), keep the centre.
-            steps += [T.Pad(size, padding_mode='edge'),
-                      T.RandomAffine(d.rotation, (d.width_shift / 3, d.height_shift / 3),
-                                     interpolation=mode[d.interpolation]),
-                      T.CenterCrop(size)]
-        else:
-            raise TwinError(f'no torchvision port of the augmentation {op!r}.')
+    for step in (preprocess.Preprocess.from_config(config).steps if train_split else ()):
+        steps += TORCH_OPS[step.name](T, size, **dict(step.arguments))
+        if step.name == 'random_resized_crop':
+            size = step['size'] or size
     if d.image_size and d.image_size != size:  # jaxres resizes every batch (bilinear)
         steps.append(T.Resize((d.image_size, d.image_size), T.InterpolationMode.BILINEAR))
     return T.Compose(steps + [T.ToTensor(), T.Normalize(tuple(d.mean), tuple(d.std))])

@@ -31,11 +31,7 @@ def get_config():
     config.data.image_size = 224
     config.data.mean = (0.485, 0.456, 0.406)
     config.data.std = (0.229, 0.224, 0.225)
-    config.data.crop_padding = 0
-    config.data.random_resized_crop = True
-    config.data.crop_scale = (0.08, 1.0)
-    config.data.crop_ratio = (3 / 4, 4 / 3)
-    config.data.hflip = True
+    config.data.train_pp = 'random_resized_crop(scale=(0.08, 1.0))|flip_lr|normalize'
 
     config.model.depth = 18
     config.model.stem = 'imagenet'

@@ -20,5 +20,5 @@ def get_config():
     config.dataset = 'cifar100'
     config.data.mean = (129.3 / 255, 124.1 / 255, 112.4 / 255)
     config.data.std = (68.2 / 255, 65.4 / 255, 70.4 / 255)
-    config.data.cutout = 8
+    config.data.train_pp = 'crop(4)|flip_lr|normalize|cutout(8)'
     return config

@@ -32,14 +32,9 @@ def get_config():
     config.data.standardize = 'scalar'
     config.data.mean = (120.707 / 255,)  # over every training pixel and channel
     config.data.std = (64.150 / 255,)
-    config.data.crop_padding = 0
-    config.data.rotation = 30.0
-    config.data.width_shift = 0.1
-    config.data.height_shift = 0.1
-    config.data.interpolation = 'bilinear'
-    config.data.fill = 'nearest'
-    config.data.hflip = True
-    config.data.vflip = True
+    # Keras ImageDataGenerator: one warp (rotation + shifts, edge fill), then the flips.
+    config.data.train_pp = ("affine(rotation=30.0, width_shift=0.1, height_shift=0.1, "
+                            "fill='nearest')|flip_lr|flip_ud|normalize")
 
     config.model.block = 'preact'
     config.model.stage_sizes = (4, 4, 4)

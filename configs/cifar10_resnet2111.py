@@ -31,7 +31,7 @@ def get_config():
     config = default.get_config()
     config.data.mean = (0.4914, 0.4822, 0.4465)  # as the seed (kuangliu's values)
     config.data.std = (0.2023, 0.1994, 0.2010)
-    config.data.padding_mode = 'reflect'
+    config.data.train_pp = "crop(4, 'reflect')|flip_lr|normalize"
 
     config.model.stage_sizes = (2, 1, 1, 1)
     config.model.kernel_init = 'pytorch'

@@ -30,14 +30,9 @@ def get_config():
     config = default.get_config()
     config.data.mean = (0.5, 0.5, 0.5)
     config.data.std = (0.5, 0.5, 0.5)
-    config.data.brightness = 0.1
-    config.data.contrast = 0.1
-    config.data.saturation = 0.1
-    config.data.hue = 0.1
-    config.data.rotation = 10.0
-    config.data.interpolation = 'nearest'
-    config.data.fill = 'constant'
-    config.data.augment_order = ('color_jitter', 'hflip', 'crop', 'hflip', 'affine', 'crop')
+    # The seed's torchvision transforms, in its order (the flip and crop twice).
+    config.data.train_pp = ('color_jitter(0.1, 0.1, 0.1, 0.1)|flip_lr|crop(4)|flip_lr'
+                            "|affine(rotation=10.0, interpolation='nearest')|crop(4)|normalize")
 
     config.model.stage_sizes = (1, 1, 1, 1)
     config.model.kernel_init = 'pytorch'

@@ -42,10 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data.mean = (0.4914, 0.4822, 0.4465)
     c.data.std = (0.2470, 0.2435, 0.2616)
-    c.data.crop_padding = 2
-    c.data.padding_mode = 'reflect'
-    c.data.hflip = True
-    c.data.flip_mode = 'alternate'
+    c.data.train_pp = "crop(2, 'reflect')|flip_lr('alternate')|normalize"
 
     # airbench94's net (jaxres/models/airbench.py; its defaults are airbench94's):
     # widths (64, 256, 256), 2x2 whitening stem, GELU, dirac init, BN momentum 0.4

@@ -26,7 +26,7 @@ def get_config():
     config = default.get_config()
     config.data.mean = (125.3 / 255, 123.0 / 255, 113.9 / 255)
     config.data.std = (63.0 / 255, 62.1 / 255, 66.7 / 255)
-    config.data.cutout = 16
+    config.data.train_pp = 'crop(4)|flip_lr|normalize|cutout(16)'
     config.model = models.model_config('wide_resnet', depth=28, widen_factor=10,
                                        dropout_rate=0.3)
 

@@ -48,45 +48,24 @@ def get_config() -> ml_collections.ConfigDict:
     # prepare_data, or computed from a resident training set).
     c.data.mean = ()
     c.data.std = ()
-    c.data.crop_padding = 4  # pad-and-random-crop; 0 disables
-    c.data.padding_mode = 'constant'  # 'constant' (zeros) or 'reflect'
-    c.data.hflip = True
-    # 'random': each image flipped with p=0.5 every epoch; 'alternate' (airbench):
-    # a random half in even epochs and exactly the other half in odd epochs.
-    c.data.flip_mode = 'random'
-    c.data.vflip = False
-    # Rotation by U(-rotation, rotation) degrees and translation by U(-s, s) * size
-    # (Keras width/height_shift_range), as one warp.
-    c.data.rotation = 0.0
-    c.data.width_shift = 0.0
-    c.data.height_shift = 0.0
-    c.data.interpolation = 'bilinear'  # of the warp: 'bilinear' | 'nearest'
-    c.data.fill = 'constant'  # outside the warped image: 'constant' (black) | 'nearest' (edge)
-    # torchvision ColorJitter factors (0 = off), applied in a random order per image.
-    c.data.brightness = 0.0
-    c.data.contrast = 0.0
-    c.data.saturation = 0.0
-    c.data.hue = 0.0  # <= 0.5
-    # torchvision RandomResizedCrop, output image_size (or the stored size).
-    c.data.random_resized_crop = False
+    # Preprocessing specs (jaxres/preprocess.py): ops joined by '|', in order.
+    # Before normalize, on uint8 pixels: crop(padding, mode='constant'|'reflect'),
+    # flip_lr(mode='random'|'alternate' (airbench: each image flipped in every
+    # other epoch)), flip_ud, affine(rotation=deg, width_shift=frac,
+    # height_shift=frac, interpolation='bilinear'|'nearest', fill='constant'|'nearest'),
+    # color_jitter(brightness, contrast, saturation, hue<=0.5) (torchvision
+    # ColorJitter), random_resized_crop(size=0 (= data.image_size), scale, ratio).
+    # normalize: with data.mean/std (data.standardize) and resize to image_size.
+    # After it: cutout(size) (DeVries & Taylor, on normalised images), then
+    # mixup(alpha) and/or cutmix(alpha) (with both, one of them per example).
+    c.data.train_pp = 'crop(4)|flip_lr|normalize'
+    c.data.eval_pp = 'normalize'  # deterministic ops only; predict.pp '' = this
     # Evaluation (streaming input): resize the shorter side to eval_resize, then
     # take the centre image_size crop (ImageNet: 256 then 224); 0 = image_size.
     c.data.eval_resize = 0
-    c.data.crop_scale = (0.08, 1.0)  # area fraction
-    c.data.crop_ratio = (3 / 4, 4 / 3)  # aspect ratio
     # 'channel': (x - mean) / std per channel; 'scalar': one mean/std for all
     # channels (1-tuples); 'image': each image by its own mean/std (train and eval).
     c.data.standardize = 'channel'
-    # Cutout (DeVries & Taylor): > 0 zeroes a cutout x cutout square of each
-    # normalised training image (the mean colour), centred at a random pixel.
-    c.data.cutout = 0
-    # mixup / CutMix: Beta(alpha, alpha) mixing with the previous example of the
-    # batch, labels weighted alike (0 = off; both > 0: one of them per example).
-    c.data.mixup = 0.0
-    c.data.cutmix = 0.0
-    # () = color_jitter, random_resized_crop, affine, crop, hflip, vflip (those
-    # enabled). Else the ops in this order, repeats allowed (seed 002).
-    c.data.augment_order = ()
 
     # Where the training set is read from: 'resident' (all of it on every device,
     # augmented inside jit: CIFAR's fast path), 'streaming' (grain reads batches
@@ -207,6 +186,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.predict = ml_collections.ConfigDict()
     c.predict.input = ''
     c.predict.output = ''
+    c.predict.pp = ''  # preprocessing spec; '' = data.eval_pp
 
     # Start a new run from other weights: a torchvision ResNet-18/34/50 state_dict
     # (.pth, needs torch) or a jaxres workdir / checkpoints dir; the head is replaced

@@ -35,8 +35,7 @@ def get_config():
     config.input.kind = 'streaming'
     config.input.workers = 8  # per host: decoding JPEGs is the host's main work
     config.data.image_size = 224
-    config.data.random_resized_crop = True
-    config.data.crop_padding = 0
+    config.data.train_pp = 'random_resized_crop|flip_lr|normalize'
     config.data.eval_resize = 256
     config.data.mean = (0.485, 0.456, 0.406)
     config.data.std = (0.229, 0.224, 0.225)

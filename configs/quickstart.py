@@ -23,8 +23,7 @@ def get_config():
     config.dataset = 'digits'
     config.data.mean = (0.5,)
     config.data.std = (0.5,)
-    config.data.crop_padding = 1
-    config.data.hflip = False
+    config.data.train_pp = 'crop(1)|normalize'
 
     config.model.stage_sizes = (1, 1, 1)
     config.model.stem_width = 16

@@ -105,7 +105,7 @@ def _pipeline_seconds_per_batch(setup: train.TrainSetup, data: input_pipeline.De
     """
     config = setup.config
     batch_fn = jax.jit(lambda d, o, s: input_pipeline.train_batch(
-        d, o, s, s // setup.steps_per_epoch, jax.random.key(config.seed + 1), setup.augmentation,
+        d, o, s, s // setup.steps_per_epoch, jax.random.key(config.seed + 1), setup.train_pp,
         models.compute_dtype(config.dtype), sharding.batch_sharded(setup.mesh)))
     step_ids = [jnp.int32(s) for s in range(setup.steps_per_epoch)]
     jax.block_until_ready(batch_fn(data, order, step_ids[0]))
@@ -144,7 +144,7 @@ def run_benchmark(config: ml_collections.ConfigDict, batch_size: int, steps: int
     ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
     mesh = sharding.make_data_mesh()
     setup = train.TrainSetup.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
                                     packed=setup.choices.packed_pixels)
     state = setup.init_state()
     order = setup.epoch_order_fn(state.step)

@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxres import backend, datasets, input_pipeline, models
+from jaxres import backend, datasets, models, preprocess
 
 
 class ConfigError(ValueError):
@@ -24,11 +24,7 @@ _CHOICES = {
     'optimizer.weight_decay_mode': ('coupled', 'decoupled', 'loss'),
     'schedule.name': ('warmup_cosine', 'constant', 'step', 'multistep', 'exponential',
                       'cosine_epochs', 'onecycle'),
-    'data.padding_mode': ('constant', 'reflect'),
-    'data.flip_mode': ('random', 'alternate'),
     'schedule.anneal': ('cos', 'linear'),
-    'data.interpolation': ('bilinear', 'nearest'),
-    'data.fill': ('constant', 'nearest'),
     'data.standardize': ('channel', 'scalar', 'image'),
     'nonfinite': ('stop', 'skip'),
     'input.kind': ('auto', 'resident', 'streaming'),
@@ -37,14 +33,11 @@ _CHOICES = {
 
 _NON_NEGATIVE = ('schedule.learning_rate', 'schedule.end_learning_rate', 'schedule.warmup_epochs',
                  'optimizer.weight_decay', 'optimizer.momentum', 'optimizer.grad_clip_value',
-                 'optimizer.grad_clip_norm', 'label_smoothing', 'data.crop_padding',
-                 'data.image_size', 'validation_size', 'data.rotation', 'data.width_shift', 'data.height_shift',
-                 'data.brightness', 'data.contrast', 'data.saturation', 'data.hue',
-                 'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
+                 'optimizer.grad_clip_norm', 'label_smoothing', 'data.image_size',
+                 'validation_size', 'schedule.decay_rate', 'schedule.epoch_offset', 'schedule.base_momentum',
                  'schedule.max_momentum', 'optimizer.lookahead_every', 'input.resident_budget_gb',
                  'input.workers', 'eval.every_steps', 'checkpoint.every_steps',
-                 'checkpoint.every_minutes', 'data.eval_resize', 'train_subset',
-                 'data.cutout', 'data.mixup', 'data.cutmix')
+                 'checkpoint.every_minutes', 'data.eval_resize', 'train_subset')
 _POSITIVE = ('batch_size', 'eval_batch_size', 'num_epochs', 'log_every_steps',
              'eval.every_epochs', 'checkpoint.every_epochs', 'checkpoint.max_to_keep',
              'steps_per_dispatch', 'schedule.decay_epochs',
@@ -84,7 +77,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_model(config.model)
     if len(config.data.mean) != len(config.data.std):
         raise ConfigError('config.data.mean and config.data.std differ in length.')
-    _validate_augmentation(config.data)
+    _validate_preprocessing(config)
     if not 0 <= config.schedule.pct_start < 1:  # 0: no warm-up, straight down
         raise ConfigError(f'config.schedule.pct_start={config.schedule.pct_start!r} must be '
                           'in [0, 1).')
@@ -163,29 +156,18 @@ def _validate_resnet_stages(m: ml_collections.ConfigDict) -> None:
             raise ConfigError(f'config.model.{key} has {len(given)} entries for {n} stages.')
 
 
-def _validate_augmentation(d: ml_collections.ConfigDict) -> None:
-    """Ranges of the augmentation settings, and a consistent ``augment_order``."""
-    if d.hue > 0.5:
-        raise ConfigError(f'config.data.hue={d.hue!r} must be in [0, 0.5].')
-    for key in ('crop_scale', 'crop_ratio'):
-        lo, hi = d[key]
-        if not 0 < lo <= hi or (key == 'crop_scale' and hi > 1):
-            limit = '0 < lo <= hi <= 1' if key == 'crop_scale' else '0 < lo <= hi'
-            raise ConfigError(f'config.data.{key}={tuple(d[key])!r} must satisfy {limit}.')
+def _validate_preprocessing(config: ml_collections.ConfigDict) -> None:
+    """The preprocessing specs parse and are in a valid order; normalisation matches."""
+    d = config.data
+    for split, key in (('train', 'data.train_pp'), ('eval', 'data.eval_pp'),
+                       ('predict', 'predict.pp')):
+        try:
+            preprocess.Preprocess.from_config(config, split)
+        except preprocess.SpecError as e:
+            raise ConfigError(f'config.{key}: {e}') from None
     if d.standardize == 'scalar' and len(d.mean) != 1:
         raise ConfigError(f"config.data.standardize='scalar' needs one mean and std, e.g. "
                           f'config.data.mean=(0.4734,); got {len(d.mean)} values.')
-    enabled = input_pipeline.Augmentation.from_config_data(d).enabled_ops()
-    order = tuple(d.augment_order)
-    if order:
-        unknown = sorted(set(order) - set(input_pipeline.AUGMENT_OPS))
-        if unknown:
-            raise ConfigError(f'config.data.augment_order has unknown ops {unknown}; choose '
-                              f'from {list(input_pipeline.AUGMENT_OPS)}.')
-        if set(order) != set(enabled):
-            raise ConfigError(f'config.data.augment_order={order!r} must list exactly the '
-                              f'enabled augmentations {list(enabled)}: turn an op on with its '
-                              'setting (e.g. data.rotation > 0) or take it off the list.')
 
 
 def check_batch_splits(batch_size: int, num_devices: int, accum_steps: int = 1) -> None:
@@ -213,6 +195,7 @@ def validate_for_data(config: ml_collections.ConfigDict, info, num_devices: int)
         raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {n} training '
                           'examples.')
     channels = info.channels
-    if channels != 3 and (config.data.saturation or config.data.hue):
-        raise ConfigError(f'config.data.saturation/hue need colour images; these have '
-                          f'{channels} channel(s).')
+    jitter = preprocess.Preprocess.from_config(config).find('color_jitter')
+    if channels != 3 and jitter and (jitter['saturation'] or jitter['hue']):
+        raise ConfigError(f'config.data.train_pp: color_jitter saturation/hue need colour '
+                          f'images; these have {channels} channel(s).')

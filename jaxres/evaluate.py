@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxres import checkpointing, input_pipeline, sharding
+from jaxres import checkpointing, preprocess, sharding
 
 Array = jax.Array
 
@@ -51,10 +51,11 @@ def tta_probabilities(logits_fn: Callable[[Array], Array], images: Array,
 
 
 def logits(variables: dict[str, Any], images: Array, *, apply_fn: Callable,
-           augmentation: input_pipeline.Augmentation, dtype: Any, tta_flip: bool = False,
+           pipeline: preprocess.Preprocess, dtype: Any, tta_flip: bool = False,
            tta_translate: bool = False) -> Array:
-    """The model's logits for uint8 images (with TTA: the log of the averaged softmax)."""
-    x = input_pipeline.normalize(images, augmentation, dtype)
+    """The model's logits for uint8 images through the eval/predict ``pipeline`` (with
+    TTA: the log of the averaged softmax)."""
+    x = preprocess.eval_images(images, pipeline, dtype)
     logits_fn = lambda x: apply_fn(variables, x, train=False)
     if tta_flip:
         return jnp.log(tta_probabilities(logits_fn, x, tta_translate))
@@ -115,12 +116,12 @@ class Evaluator:
     """Batched evaluation and prediction of one model over any batch iterator."""
 
     def __init__(self, apply_fn: Callable, mesh: jax.sharding.Mesh,
-                 augmentation: input_pipeline.Augmentation, dtype: Any, *,
+                 pipeline: preprocess.Preprocess, dtype: Any, *,
                  tta_flip: bool = False, tta_translate: bool = False,
                  class_names: tuple[str, ...] | None = None):
         self.mesh = mesh
         self.class_names = class_names
-        self._logits = functools.partial(logits, apply_fn=apply_fn, augmentation=augmentation,
+        self._logits = functools.partial(logits, apply_fn=apply_fn, pipeline=pipeline,
                                          dtype=dtype, tta_flip=tta_flip,
                                          tta_translate=tta_translate)
 

@@ -15,11 +15,26 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxres import backend, checkpointing, config_validation, console, datasets, evaluate
-from jaxres import input_pipeline, models, preemption, safe_io, sharding, streaming, summary
+from jaxres import input_pipeline, models, preemption, preprocess, safe_io, sharding, streaming
+from jaxres import summary
 from jaxres import train
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
+# The augmentation keys the preprocessing specs replaced -> the op that does it now.
+SPEC_OPS = {
+    **dict.fromkeys(('crop_padding', 'padding_mode'), "crop(padding, mode='constant'|'reflect')"),
+    **dict.fromkeys(('hflip', 'flip_mode'), "flip_lr(mode='random'|'alternate')"),
+    'vflip': 'flip_ud',
+    **dict.fromkeys(('rotation', 'width_shift', 'height_shift', 'interpolation', 'fill'),
+                    'affine(rotation, width_shift, height_shift, interpolation, fill)'),
+    **dict.fromkeys(('brightness', 'contrast', 'saturation', 'hue'),
+                    'color_jitter(brightness, contrast, saturation, hue)'),
+    **dict.fromkeys(('random_resized_crop', 'crop_scale', 'crop_ratio'),
+                    'random_resized_crop(size, scale, ratio)'),
+    'cutout': 'cutout(size)', 'mixup': 'mixup(alpha)', 'cutmix': 'cutmix(alpha)',
+    'augment_order': 'the order of the ops in the spec',
+}
 LAUNCH_USAGE = ('python launch.py --config configs/NAME.py --workdir DIR '
                 '[--mode train|eval|predict|summary] [--config.key=value ...]')
 
@@ -64,7 +79,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     variables = predict.variables_for(model, restored,
                                       models.input_shape(image_shape, config.data.image_size))
     evaluator = evaluate.Evaluator(
-        model.apply, mesh, input_pipeline.Augmentation.from_config(config), dtype,
+        model.apply, mesh, preprocess.Preprocess.from_config(config, 'eval'), dtype,
         tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate),
         class_names=class_names)
     results = dict(evaluator.evaluate(variables, batches), step=int(step), split=split,
@@ -124,6 +139,10 @@ def explain_flag_error(argv: list[str], error: Exception, usage: str = LAUNCH_US
                 return (f'config.{key} is now config.{MOVED_KEYS[key]} (the same values; '
                         'it no longer counts as part of the model): use '
                         f'--config.{MOVED_KEYS[key]}={arg.split("=", 1)[-1]}.')
+            if key.startswith('data.') and key[len('data.'):] in SPEC_OPS:
+                return (f'config.{key} is now {SPEC_OPS[key[len("data."):]]} in the spec '
+                        "config.data.train_pp, e.g. --config.data.train_pp='crop(4)|flip_lr|"
+                        "normalize' (configs/default.py lists the ops).")
             if key.split('.')[-1] in text or key in text:
                 return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
                         'against configs/default.py, which lists every key.')

@@ -16,7 +16,7 @@ Input (``config.predict.input``), chosen by what the path is:
 Output (``config.predict.output``): ``*.npy`` with (N, num_classes) float32
 softmax probabilities in input order, or ``*.csv`` with
 ``index,label,class_name,confidence``.  Images go through the evaluation
-preprocessing (``input_pipeline.normalize``, flip TTA if ``config.eval.tta``)
+preprocessing (``config.predict.pp``, default the eval spec; flip TTA if ``config.eval.tta``)
 and the checkpoint ``config.eval.checkpoint`` selects.  The output is written to
 a temporary file and renamed, so a failure never leaves a partial file.
 """
@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from jaxres import backend, checkpointing, config_validation, datasets, evaluate
-from jaxres import input_pipeline, models
+from jaxres import input_pipeline, models, preprocess
 from jaxres import safe_io, sharding
 from jaxres.host_transforms import IMAGE_SUFFIXES
 
@@ -282,8 +282,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     shape = models.input_shape(images.shape[1:], config.data.image_size)
     variables = variables_for(model, restored, shape)
     evaluator = evaluate.Evaluator(
-        model.apply, mesh, input_pipeline.Augmentation.from_config(
-            evaluate.with_saved_normalization(config, meta)),
+        model.apply, mesh, preprocess.Preprocess.from_config(
+            evaluate.with_saved_normalization(config, meta), 'predict'),
         dtype, tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate))
     probs = evaluator.predict(variables, image_batches(images, mesh, config.eval_batch_size))
     return probs, class_names_for(meta, config, num_classes), step

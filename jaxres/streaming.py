@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxres import datasets, host_transforms, input_pipeline, models, sharding
+from jaxres import datasets, host_transforms, models, preprocess, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ class HostOps:
             raise datasets.DataError(
                 f'record {index} gives a {out.shape} image where {self.out_shape} was '
                 'expected: images of varying size need --config.data.image_size=SIZE (and '
-                'data.random_resized_crop or data.eval_resize).')
+                'random_resized_crop in data.train_pp, or data.eval_resize).')
         return out
 
 
@@ -216,11 +216,9 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
                 for k, v in batch.items()}
 
 
-def jit_augmentation(augmentation: input_pipeline.Augmentation
-                     ) -> input_pipeline.Augmentation:
+def jit_pipeline(pipeline: preprocess.Preprocess) -> preprocess.Preprocess:
     """The ops left for the jitted step: all but RandomResizedCrop (done on the host)."""
-    ops = tuple(op for op in augmentation.ops() if op != 'random_resized_crop')
-    return dataclasses.replace(augmentation, random_resized_crop=False, order=ops)
+    return pipeline.without('random_resized_crop')
 
 
 class StreamingInput:
@@ -241,9 +239,11 @@ class StreamingInput:
         shape = info.model_image_shape(d.image_size)
         common = dict(channels=shape[-1], out_shape=shape, image_size=d.image_size,
                       seed=config.seed)
-        self.train_ops = HostOps(train=True, random_resized_crop=d.random_resized_crop,
-                                 crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                                 **common)
+        rrc = preprocess.Preprocess.from_config(config).find('random_resized_crop')
+        self.train_ops = HostOps(
+            train=True, random_resized_crop=rrc is not None,
+            crop_scale=rrc['scale'] if rrc else (0.08, 1.0),
+            crop_ratio=rrc['ratio'] if rrc else (3 / 4, 4 / 3), **common)
         self.train_source, self.eval_source = datasets.open_sources(config, info, ds)
         self.train_batches = train_dataset(
             self.train_source, seed=config.seed, batch_size=config.batch_size,

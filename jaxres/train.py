@@ -35,8 +35,8 @@ from flax import traverse_util
 from flax.training import train_state
 
 from jaxres import backend, checkpointing, config_validation, datasets, evaluate
-from jaxres import input_pipeline, metric_logging, models, optim, preemption, safe_io
-from jaxres import sharding, streaming
+from jaxres import input_pipeline, metric_logging, models, optim, preemption, preprocess
+from jaxres import safe_io, sharding, streaming
 
 Array = jax.Array
 # What the loop reads its steps' arguments and eval batches from.
@@ -229,7 +229,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
 @dataclasses.dataclass
 class TrainSetup:
     """What one run is made of, built once from the config and the data set: the
-    model, optimizer, mesh, augmentation and step counts, and the initial state,
+    model, optimizer, mesh, preprocessing specs and step counts, and the initial state,
     jitted step functions and evaluator made from them.  The loop that trains
     with them is ``train_and_evaluate``."""
 
@@ -238,7 +238,8 @@ class TrainSetup:
     model: nn.Module  # a registered model family (models.FAMILIES)
     tx: optax.GradientTransformation
     schedule: optax.Schedule
-    augmentation: input_pipeline.Augmentation
+    train_pp: preprocess.Preprocess  # data.train_pp with the data's normalisation
+    eval_pp: preprocess.Preprocess  # data.eval_pp
     num_train: int
     steps_per_epoch: int
     total_steps: int
@@ -270,7 +271,7 @@ class TrainSetup:
         schedule_steps = math.ceil(round(config.num_epochs * steps_per_epoch, 6))
         total = config.num_train_steps if config.num_train_steps > 0 else schedule_steps
         schedule = optim.create_schedule(config, steps_per_epoch, schedule_steps)
-        augmentation = input_pipeline.Augmentation.from_config(config)
+        train_pp = preprocess.Preprocess.from_config(config, 'train')
         model = models.create_model(config.model, info.num_classes,
                                     models.compute_dtype(config.dtype), choices.conv,
                                     choices.max_pool)
@@ -281,13 +282,14 @@ class TrainSetup:
                     f'model.family={config.model.family!r} computes initial weights from the '
                     'first training images: pass them (sample_images) or use '
                     '--config.input.kind=resident.')
-            sample = input_pipeline.normalize(images[:models.data_init_size(model)],
-                                              augmentation)
+            sample = preprocess.normalize(images[:models.data_init_size(model)],
+                                          train_pp.normalization)
             data_params = jax.tree.map(np.asarray, model.kernels_from_data(sample))
         return cls(config=config, mesh=mesh, data_params=data_params, choices=choices,
                    model=model,
                    tx=optim.create_optimizer(config, schedule), schedule=schedule,
-                   augmentation=augmentation, num_train=info.num_train,
+                   train_pp=train_pp, eval_pp=preprocess.Preprocess.from_config(config, 'eval'),
+                   num_train=info.num_train,
                    steps_per_epoch=steps_per_epoch, total_steps=total,
                    schedule_steps=schedule_steps, class_names=info.class_names,
                    image_shape=info.model_image_shape(config.data.image_size))
@@ -325,7 +327,7 @@ class TrainSetup:
         config = self.config
         batch = input_pipeline.train_batch(
             data, order, state.step, state.step // self.steps_per_epoch,
-            jax.random.key(config.seed + 1), self.augmentation,
+            jax.random.key(config.seed + 1), self.train_pp,
             models.compute_dtype(config.dtype), sharding.batch_sharded(self.mesh))
         return self.update(state, batch)
 
@@ -334,10 +336,10 @@ class TrainSetup:
         """Streaming input: augment a read uint8 batch (the ops left for jit), ``update``."""
         config = self.config
         position = state.step % self.steps_per_epoch
-        batch = input_pipeline.augment_batch(
+        batch = preprocess.augment_batch(
             batch['image'], batch['label'], batch['index'], position,
             state.step // self.steps_per_epoch, jax.random.key(config.seed + 1),
-            streaming.jit_augmentation(self.augmentation), models.compute_dtype(config.dtype))
+            streaming.jit_pipeline(self.train_pp), models.compute_dtype(config.dtype))
         return self.update(state, batch)
 
     def update(self, state: TrainState, batch: dict[str, Array]
@@ -400,7 +402,7 @@ class TrainSetup:
     @functools.cached_property
     def evaluator(self) -> evaluate.Evaluator:
         return evaluate.Evaluator(
-            self.model.apply, self.mesh, self.augmentation,
+            self.model.apply, self.mesh, self.eval_pp,
             models.compute_dtype(self.config.dtype), tta_flip=bool(self.config.eval.tta),
             tta_translate=bool(self.config.eval.tta_translate), class_names=self.class_names)
 
@@ -610,7 +612,7 @@ def open_input(setup: TrainSetup, ds: datasets.ImageDataset | None, info: datase
     """The run's input: the resident data set on the devices, or grain's stream."""
     if kind == 'resident':
         data = input_pipeline.to_device(ds, setup.mesh, setup.config.eval_batch_size,
-                                        setup.augmentation, packed=setup.choices.packed_pixels)
+                                        setup.train_pp, packed=setup.choices.packed_pixels)
         return input_pipeline.ResidentInput(data, setup.epoch_order_fn, setup.steps_per_epoch)
     return streaming.StreamingInput(setup.config, info, setup.mesh, setup.steps_per_epoch,
                                     setup.total_steps, ds)

@@ -30,7 +30,7 @@ def tiny_config(**overrides):
     c.dataset = 'arrays'
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.25, 0.25, 0.25)
-    c.data.crop_padding = 1
+    c.data.train_pp = 'crop(1)|flip_lr|normalize'
     c.model.stage_sizes = (1, 1)
     c.model.stem_width = 8
     c.batch_size = 32

@@ -38,7 +38,7 @@ OVERRIDES = [
     '--config', 'configs/quickstart.py', '--config.dataset=synthetic',
     '--config.synthetic.num_train=512', '--config.synthetic.num_eval=128',
     '--config.synthetic.image_size=16', '--config.synthetic.num_classes=4',
-    '--config.data.crop_padding=2', '--config.data.hflip=True',
+    '--config.data.train_pp=crop(2)|flip_lr|normalize',
     '--config.model.stage_sizes=(1,1)', '--config.model.stem_width=8',
     '--config.model.stem_dropout=0.1', '--config.batch_size=32', '--config.eval_batch_size=64',
     '--config.num_epochs=12', '--config.log_every_steps=1', '--config.eval.every_epochs=4',

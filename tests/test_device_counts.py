@@ -79,7 +79,7 @@ def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
         feed = streaming.StreamingInput(setup.config, ds.info(), mesh,
                                         setup.steps_per_epoch, 2, ds)
     else:
-        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
                                         packed=setup.choices.packed_pixels)
         feed = input_pipeline.ResidentInput(data, setup.epoch_order_fn,
                                             setup.steps_per_epoch)
@@ -114,7 +114,7 @@ def test_config_builds_and_splits_its_batches(name, devices):
     mesh = sharding.make_data_mesh(jax.devices()[:devices])
     ds = synthetic_for(config)
     setup = train.TrainSetup.build(config, ds, mesh)  # refuses a batch that does not split
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
                                     packed=setup.choices.packed_pixels)
     assert data.eval_mask.shape[1] % devices == 0
     assert int(np.sum(jax.device_get(data.eval_mask))) == NUM_EVAL

@@ -32,6 +32,8 @@ def test_summary_ends_with_the_exact_parameter_count():
     ('--config.model.block=resnext', "config.model.block='resnext' is not valid"),
     ('--config.dataset=no_such_dataset', "dataset 'no_such_dataset' is neither in TFDS"),
     ('--config.model.conv_impl=xla', 'config.model.conv_impl is now config.backend.conv'),
+    ('--config.data.hflip=False', 'config.data.hflip is now flip_lr('),
+    ('--config.data.train_pp=crop(4)|flip', "unknown preprocessing op 'flip'"),
     ('--config.batch_size=100', 'the nearest global batch sizes that do are 96 or 104'),
 ])
 def test_user_mistakes_get_one_clear_line(tmp_path, override, expected):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxres import checkpointing, input_pipeline, main, models, predict, sharding, train
+from jaxres import checkpointing, main, models, predict, preprocess, sharding, train
 
 from conftest import random_dataset, tiny_config
 
@@ -38,7 +38,7 @@ def _direct_probs(workdir, config, images):
     setup = train.TrainSetup.build(config, ds, mesh)
     state = checkpointing.restore_state(manager, manager.latest_step(), setup.abstract_state())
     model = models.create_model(config.model, 4)
-    x = input_pipeline.normalize(images, input_pipeline.Augmentation.from_config(config))
+    x = preprocess.eval_images(images, preprocess.Preprocess.from_config(config, 'eval'))
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, x,
                          train=False)
     return np.asarray(jax.nn.softmax(logits))

@@ -29,7 +29,7 @@ OVERRIDES = [
     '--config', 'configs/quickstart.py', '--config.dataset=synthetic',
     '--config.synthetic.num_train=256', '--config.synthetic.num_eval=64',
     '--config.synthetic.image_size=8', '--config.synthetic.num_classes=4',
-    '--config.data.crop_padding=1', '--config.data.hflip=True',
+    '--config.data.train_pp=crop(1)|flip_lr|normalize',
     '--config.model.stage_sizes=(1,1)', '--config.model.stem_width=8',
     '--config.batch_size=32', '--config.eval_batch_size=64', '--config.num_epochs=6',
     '--config.log_every_steps=2', '--config.steps_per_dispatch=2',

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from configs import cifar10_speedrun, cifar10_speedrun_sgd
-from jaxres import datasets, sharding, train
+from jaxres import datasets, preprocess, sharding, train
 
 
 def _cifar_shaped_random(n_train=2048):
@@ -57,7 +57,7 @@ def test_whitening_stem_is_computed_from_the_data_and_stays_frozen():
     config.batch_size, config.eval_batch_size, config.model.whiten_samples = 64, 64, 100
     setup = train.TrainSetup.build(config, ds, sharding.make_data_mesh())
     state = setup.init_state()
-    sample = input_pipeline.normalize(ds.train_images[:100], setup.augmentation)
+    sample = preprocess.normalize(ds.train_images[:100], setup.train_pp.normalization)
     want = models.whitening_kernel(sample, 2)
     kernel = np.asarray(state.params['stem']['conv']['kernel'])  # the step donates the state
     np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)

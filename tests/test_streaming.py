@@ -196,8 +196,8 @@ def imagenet_mini(tmp_path_factory):
 
 # The same recipe for in-process and launch.py runs: RandomResizedCrop on the host,
 # eval resize + centre crop, the data set's own mean/std (stored by prepare_data).
-MINI = {'dataset': 'imagenet_mini', 'data.image_size': 24, 'data.random_resized_crop': True,
-        'data.crop_padding': 0, 'data.eval_resize': 28, 'data.mean': (), 'data.std': (),
+MINI = {'dataset': 'imagenet_mini', 'data.image_size': 24, 'data.eval_resize': 28,
+        'data.train_pp': 'random_resized_crop|flip_lr|normalize', 'data.mean': (), 'data.std': (),
         'batch_size': 32, 'eval_batch_size': 16}
 
 

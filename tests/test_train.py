@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from jaxres import checkpointing, evaluate, input_pipeline, main, metric_logging, models, optim
-from jaxres import sharding, train
+from jaxres import preprocess, sharding, train
 
 from conftest import random_dataset, tiny_config
 
@@ -27,7 +27,7 @@ def test_loss_falls_on_a_fixed_batch():
     ds = random_dataset(n_train=32)
     setup, _ = _setup(config, ds)
     state = setup.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
+    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
              'label': ds.train_labels}
     step = jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0)))
     losses = []
@@ -50,7 +50,7 @@ def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
     ds = random_dataset(n_train=32)
     setup, _ = _setup(config, ds)
     state = setup.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
+    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
              'label': ds.train_labels}
 
     def step(frozen):
@@ -227,7 +227,7 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
     ds = random_dataset(n_train=32)
     setup, _ = _setup(config, ds)
     state = setup.init_state()
-    batch = {'image': input_pipeline.normalize(ds.train_images, setup.augmentation),
+    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
              'label': ds.train_labels}
     step = jax.jit(lambda s, b, k: train.train_step(s, b, dropout_key=jax.random.key(0),
                                                     accum_steps=k), static_argnums=2)
@@ -305,12 +305,12 @@ def test_ema_is_evaluated_saved_and_restored_for_eval(tmp_path, monkeypatch):
 
 def test_cutout_mixup_cutmix_stochastic_depth_and_ema_train_together(tmp_path):
     ds = random_dataset()
-    config = tiny_config(**{'data.cutout': 3, 'data.mixup': 0.2, 'data.cutmix': 1.0,
+    config = tiny_config(**{'data.train_pp': 'crop(1)|flip_lr|normalize|cutout(3)|mixup(0.2)|cutmix(1.0)',
                             'model.stochastic_depth': 0.2, 'optimizer.ema_decay': 0.9})
     setup, data = _setup(config, ds)
     order = setup.epoch_order_fn(jnp.asarray(0))
     batch = input_pipeline.train_batch(data, order, jnp.asarray(0), jnp.asarray(0),
-                                       jax.random.key(1), setup.augmentation)
+                                       jax.random.key(1), setup.train_pp)
     assert set(batch) == {'image', 'label', 'mixed_label', 'mix_weight'}
     results = train.train_and_evaluate(config, str(tmp_path), ds)
     assert results['step'] == 8 and np.isfinite(results['loss'])

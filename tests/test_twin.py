@@ -29,7 +29,7 @@ from benchmarks import torch_ports, twin  # noqa: E402
 from configs import (cifar10_preact, cifar10_resnet2111, cifar10_resnet9,  # noqa: E402
                      cifar10_resnet_b, cifar100_finetune_resnet18, cifar100_preact,
                      cifar100_resnet)
-from jaxres import datasets, input_pipeline, models, optim  # noqa: E402
+from jaxres import datasets, models, optim, preprocess  # noqa: E402
 
 RTOL = 1e-4
 STEPS = 8  # 2 epochs of 4 steps
@@ -40,9 +40,7 @@ TINY = {
     'synthetic.image_size': 8, 'synthetic.num_classes': 4, 'validation_size': 0,
     'batch_size': 16, 'eval_batch_size': 32, 'num_epochs': 2,
     'checkpoint.async_save': False,
-    'data.crop_padding': 0, 'data.hflip': False, 'data.vflip': False, 'data.rotation': 0.0,
-    'data.width_shift': 0.0, 'data.height_shift': 0.0, 'data.brightness': 0.0,
-    'data.contrast': 0.0, 'data.saturation': 0.0, 'data.hue': 0.0, 'data.augment_order': (),
+    'data.train_pp': 'normalize',
     'model.stem_width': 8, 'model.stage_sizes': (1, 1), 'model.stage_widths': (8, 16),
 }
 
@@ -201,7 +199,7 @@ def test_torchvision_pipelines_follow_each_seed():
     for config, atol in ((seed002, 1e-6), (seed004, 0.02)):  # PIL's resize rounds to uint8
         ours = twin.torch_transforms(config, 32, train_split=False)
         got = np.stack([ours(Image.fromarray(x)).numpy().transpose(1, 2, 0) for x in images])
-        want = input_pipeline.normalize(images, input_pipeline.Augmentation.from_config(config))
+        want = preprocess.eval_images(images, preprocess.Preprocess.from_config(config, 'eval'))
         assert got.shape == want.shape == (2,) + (config.data.image_size or 32,) * 2 + (3,)
         np.testing.assert_allclose(got, want, atol=atol, rtol=0)
     assert train_224(Image.fromarray(images[0])).shape == (3, 224, 224)
