@@ -1,7 +1,8 @@
 """Twin runs: a jaxres recipe and a PyTorch port of its seed's code, side by side.
 
     python benchmarks/twin.py configs/cifar10_resnet2111.py [--epochs N] [--train_subset N]
-        [--seeds 0 1] [--out DIR] [--same_order] [--torch_workers N] [--config.key=value ...]
+        [--test_subset N] [--seeds 0 1] [--out DIR] [--same_order] [--torch_workers N]
+        [--config.key=value ...]
 
 For each seed (``config.seed`` and ``torch.manual_seed``), jaxres trains the config
 through its own training path (``train.train_and_evaluate``, evaluating every
@@ -140,15 +141,16 @@ def epoch_orders(setup: train.TrainSetup) -> Callable[[int], np.ndarray]:
 # --------------------------------------------------------------------------- #
 # jaxres
 # --------------------------------------------------------------------------- #
-def run_jaxres(config: ml_collections.ConfigDict, workdir: str, steps_per_epoch: int
-               ) -> dict[str, list]:
-    """Trains with ``train.train_and_evaluate`` in a new workdir; the per-epoch curves
-    (and per-step losses when logged every step) read back from its records."""
+def run_jaxres(config: ml_collections.ConfigDict, workdir: str, steps_per_epoch: int,
+               ds: datasets.ImageDataset | None = None) -> dict[str, list]:
+    """Trains with ``train.train_and_evaluate`` (on ``ds`` when given) in a new
+    workdir; the per-epoch curves (and per-step losses when logged every step) read
+    back from its records."""
     if os.path.isdir(workdir) and os.listdir(workdir):
         raise TwinError(f'{workdir} is not empty (jaxres would resume from it): choose a new '
                         '--out.')
     t0 = time.time()
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, ds)
     records = metric_logging.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     curves = jaxres_curves(records, steps_per_epoch)
     curves['train_s'], curves['eval_s'] = jaxres_times(workdir, t0)
@@ -408,19 +410,22 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
 # --------------------------------------------------------------------------- #
 def run_seed(config: ml_collections.ConfigDict, seed: int, out: str, *,
              same_order: bool = False, workers: int = 0,
-             log_every_steps: int | None = None) -> dict[str, Any]:
+             log_every_steps: int | None = None, test_subset: int = 0) -> dict[str, Any]:
     """jaxres then PyTorch for one seed, from the same initial weights and data.
 
     ``log_every_steps`` (default: once per epoch) also gives jaxres's ``step_loss``
-    when 1.
+    when 1.  ``test_subset`` > 0: both evaluate on a fixed class-balanced part of
+    the test set.
     """
     config = twin_config(config, seed)
     ds = datasets.load_dataset(config)
+    if test_subset:
+        ds = ds.class_balanced_subset(test_subset, 'eval')
     check_portable(config, ds.num_classes)
     variables, setup = initial_state(config, ds)
     config.log_every_steps = log_every_steps or setup.steps_per_epoch
     jaxres_run = run_jaxres(config, os.path.join(out, f'jaxres_seed{seed}'),
-                            setup.steps_per_epoch)
+                            setup.steps_per_epoch, ds)
     torch_run = run_torch(setup.config, ds, variables, seed,
                           epoch_orders(setup) if same_order else None, workers)
     return {'seed': seed, 'num_train': len(ds.train_labels), 'num_eval': len(ds.eval_labels),
@@ -474,6 +479,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument('--epochs', type=int, default=None, help="default: the config's")
     parser.add_argument('--train_subset', type=int, default=None,
                         help='a class-balanced training subset of N examples (0 = all)')
+    parser.add_argument('--test_subset', type=int, default=0,
+                        help='evaluate on a class-balanced part of the test set (0 = all)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0])
     parser.add_argument('--out', default=None, help='default: runs/twin/CONFIG_NAME')
     parser.add_argument('--same_order', action='store_true',
@@ -503,14 +510,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for seed in args.seeds:
             runs.append(run_seed(base, seed, out, same_order=args.same_order,
-                                 workers=args.torch_workers))
+                                 workers=args.torch_workers, test_subset=args.test_subset))
             for row in side_by_side(runs[-1:]):
                 print(json.dumps(row), flush=True)
     except (TwinError, config_validation.ConfigError, datasets.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     result = {'config': args.config, 'overrides': overrides, 'epochs': int(base.num_epochs),
-              'train_subset': base.train_subset, 'same_order': args.same_order,
+              'train_subset': base.train_subset, 'test_subset': args.test_subset,
+              'same_order': args.same_order,
               'torch_version': torch.__version__, 'runs': runs,
               'epochs_side_by_side': side_by_side(runs),
               'note': "train_s/eval_s: seconds per epoch; jaxres's epoch 1 includes loading "

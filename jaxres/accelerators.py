@@ -97,7 +97,7 @@ def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, plat
             _batch((eval_size,) + image, ('image', 'label', 'mask'), mesh))
     ds = shaped_dataset(config, n, eval_size)
     setup = train.TrainSetup.build(config, ds, mesh, platform=platform)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.augmentation,
+    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
                                     packed=setup.choices.packed_pixels)
     order = jax.ShapeDtypeStruct((setup.steps_per_epoch, config.batch_size), jnp.int32,
                                  sharding=sharding.replicated(mesh))

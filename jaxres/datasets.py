@@ -153,24 +153,28 @@ class ImageDataset:
             self, train_images=self.train_images[keep], train_labels=self.train_labels[keep],
             eval_images=self.train_images[held], eval_labels=self.train_labels[held])
 
-    def class_balanced_subset(self, size: int) -> 'ImageDataset':
-        """The first ``size / num_classes`` training examples of each class, in their
-        stored order (``config.train_subset``); the eval split is kept whole."""
+    def class_balanced_subset(self, size: int, split: str = 'train') -> 'ImageDataset':
+        """The first ``size / num_classes`` examples of each class of the ``split``
+        ('train': ``config.train_subset``, or 'eval'), in their stored order; the
+        other split is kept whole."""
         k = self.num_classes
+        images, labels = ((self.train_images, self.train_labels) if split == 'train'
+                          else (self.eval_images, self.eval_labels))
         if size % k:
-            raise DataError(f'config.train_subset={size} must be a multiple of the {k} '
+            raise DataError(f'config.{split}_subset={size} must be a multiple of the {k} '
                             f'classes (the same count from each), e.g. {(size // k + 1) * k}.')
         per_class = size // k
-        counts = np.bincount(self.train_labels, minlength=k)
+        counts = np.bincount(labels, minlength=k)
         short = [f'{self.class_names[c]!r} ({counts[c]})' for c in range(k)
                  if counts[c] < per_class]
         if short:
-            raise DataError(f'config.train_subset={size} needs {per_class} training examples '
+            which = 'training' if split == 'train' else 'eval'
+            raise DataError(f'config.{split}_subset={size} needs {per_class} {which} examples '
                             f'per class; {", ".join(short[:5])} have fewer. Lower it.')
-        keep = np.sort(np.concatenate([np.flatnonzero(self.train_labels == c)[:per_class]
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class]
                                        for c in range(k)]))
-        return dataclasses.replace(self, train_images=self.train_images[keep],
-                                   train_labels=self.train_labels[keep])
+        return dataclasses.replace(self, **{f'{split}_images': images[keep],
+                                            f'{split}_labels': labels[keep]})
 
 
 def _as_uint8_nhwc(x: np.ndarray, name: str) -> np.ndarray:

@@ -1,21 +1,22 @@
-"""Device-resident input pipeline: shuffle, augment and batch inside jitted code.
+"""Device-resident input pipeline: shuffle, preprocess and batch inside jitted code.
 
 The whole training set lives on every device.  On CPU (``backend.packed_pixels``)
-it is stored one word per pixel (its channels
-packed into the bytes of a uint32 for RGB) and padded left and right by the
-crop's padding: the random crop is then a gather of whole rows of pixel words,
-a third of the elements of a per-example slice of a padded uint8 copy and
-without its per-byte bounds checks, and the unpacking, flip and normalisation
-that follow compile to one vectorised loop (CIFAR-10: 256 MB so stored, against
-150 MB as uint8 arrays; ``benchmarks/RESULTS.md`` has the measured speed-up).
-On GPUs and TPUs it is stored as plain (N, H, W, C) uint8 images and each
-example is cropped from a padded copy; the batches are the same.
+it is stored one word per pixel (its channels packed into the bytes of a uint32
+for RGB) and, when the training spec starts with ``crop(p)``, padded left and
+right by p: the random crop is then a gather of whole rows of pixel words, a
+third of the elements of a per-example slice of a padded uint8 copy and without
+its per-byte bounds checks, and the whole-pixel ops that follow (flips), the
+unpacking and the normalisation compile to one vectorised loop (CIFAR-10: 256 MB
+so stored, against 150 MB as uint8 arrays; ``benchmarks/RESULTS.md`` has the
+measured speed-up).  ``train_batch`` is that planner; what each op does is
+``preprocess``'s.  On GPUs and TPUs the set is stored as plain (N, H, W, C) uint8
+images and the spec runs per example; the batches are the same.
 Each epoch's order is a permutation drawn on the device from (seed, epoch); the
 train step gathers its global batch from it, and because that batch is sharded
-over the ``data`` mesh axis, every device gathers and augments only its own
-slice.  Every example's augmentation key is derived from (seed, epoch, position
-in the epoch), so a run's batches do not depend on the number of devices or
-hosts, and a resumed run sees exactly the batches it would have seen.
+over the ``data`` mesh axis, every device gathers and preprocesses only its own
+slice.  Every example's key is derived from (seed, epoch, position in the
+epoch), so a run's batches do not depend on the number of devices or hosts, and
+a resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations

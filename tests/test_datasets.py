@@ -45,6 +45,9 @@ def test_class_balanced_subset_takes_the_first_examples_of_each_class_in_order()
         ds.class_balanced_subset(7)
     with pytest.raises(datasets.DataError, match=r"needs 4 training examples per class; '1' \(3\)"):
         ds.class_balanced_subset(12)
+    test = datasets.ImageDataset.from_arrays(x[:3], y[:3], x, y).class_balanced_subset(3, 'eval')
+    np.testing.assert_array_equal(test.eval_images[:, 0, 0, 0], [0, 1, 2])
+    np.testing.assert_array_equal(test.train_images, x[:3])  # the training split is whole
 
 
 def test_train_subset_config_key_applies_after_the_validation_hold_out():

@@ -123,7 +123,7 @@ def test_cli_writes_both_curves_side_by_side(tmp_path, capsys):
     """Seed 002's recipe (SGD, CosineAnnealingLR per epoch) through the command line."""
     overrides = [f'--config.{k}={v}' for k, v in TINY.items() if k != 'num_epochs']
     assert twin.main(['configs/cifar10_resnet9.py', '--epochs', '2', '--train_subset', '40',
-                      '--same_order', '--out', str(tmp_path),
+                      '--test_subset', '16', '--same_order', '--out', str(tmp_path),
                       '--config.schedule.learning_rate=0.05', *overrides]) == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith('{')]
     assert [(r['seed'], r['epoch']) for r in lines] == [(0, 1), (0, 2)]
@@ -131,6 +131,7 @@ def test_cli_writes_both_curves_side_by_side(tmp_path, capsys):
     assert result['epochs_side_by_side'] == lines
     run = result['runs'][0]
     assert run['num_train'] == 40 and run['steps_per_epoch'] == 2  # 10 of each class
+    assert run['num_eval'] == 16 and result['test_subset'] == 16  # 4 of each class
     for row in lines:
         for key in ('train_loss', 'test_loss', 'test_accuracy'):
             assert row[f'torch_{key}'] == pytest.approx(row[f'jaxres_{key}'], rel=RTOL), key
