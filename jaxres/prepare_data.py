@@ -283,7 +283,7 @@ def read_val_labels(path: str) -> dict[str, str]:
     return labels
 
 
-def read_image_folder(files: Mapping[str, Callable[[], bytes]], default_name: str,
+def list_image_folder(files: Mapping[str, Callable[[], bytes]], default_name: str,
                       val_labels: str | None = None) -> FolderDataset | None:
     """Lists ``<split>/<class>/<image>`` trees (any prefix directory); reads no image.
 
@@ -369,7 +369,7 @@ def read_source(source: str, val_labels: str | None = None) -> LocalDataset | Fo
             if val_labels is not None:
                 raise DataPreparationError('--val_labels is for image folders, not CIFAR archives.')
             return ds
-    ds = read_image_folder(files, default_name, val_labels)
+    ds = list_image_folder(files, default_name, val_labels)
     if ds is None:
         raise DataPreparationError(
             f'found no CIFAR batches and no train/<class>/<image> folders in {source!r}.')

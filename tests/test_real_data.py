@@ -17,7 +17,7 @@ def test_shared_cifar10_jpeg_archive_reads_as_an_image_folder():
     files = prepare_data._list_files(SHARED_DATA)
     # Decode a slice of it: the layout, the classes and the pixels are real.
     subset = {p: r for p, r in files.items() if p.rsplit('/', 1)[-1] in ('0000.jpg', '0001.jpg')}
-    ds = prepare_data.read_image_folder(subset, 'cifar10_jpeg')
+    ds = prepare_data.list_image_folder(subset, 'cifar10_jpeg')
     assert ds.class_names == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                               'horse', 'ship', 'truck']
     check = prepare_data.check_images(ds, workers=1)
