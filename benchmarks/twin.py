@@ -20,8 +20,11 @@ part) and train for the same epochs.  ``--same_order`` makes PyTorch take
 jaxres's batches in jaxres's order (each framework still augments its own way).
 
 Writes OUT/twin.json (per seed and epoch, for each framework: train loss, test
-loss, test accuracy and wall time), OUT/twin.png (the curves of both), the
-jaxres workdirs OUT/jaxres_seed{S}, and prints one JSON line per epoch.  The
+loss, test accuracy and wall time; ``agreement``: issue 21's acceptance per epoch,
+|mean jaxres - mean PyTorch| <= max(1 point, 2 x seed spread)), OUT/twin.png (the
+curves of both), the jaxres workdirs OUT/jaxres_seed{S}, and prints one JSON line
+per epoch, then the agreement.  ``benchmarks/twin_table.py`` turns twin.json files
+into the table of record.  The
 hyper-parameters are the config's (each config documents how it follows its
 seed's code); the CIFAR-100 recipes run on CIFAR-10 data with
 ``--config.dataset=cifar10_jpeg --config.data_dir=DIR`` (the head follows the
@@ -58,6 +61,7 @@ if __name__ == '__main__':  # before TensorFlow is imported, as launch.py
 from jaxres import config_validation, datasets, metric_logging, preprocess  # noqa: E402
 from jaxres import main as jaxres_main  # noqa: E402
 from jaxres import sharding, train  # noqa: E402
+from benchmarks.twin_table import agreement  # noqa: E402
 
 try:  # torch and torchvision are the bench extra; main() says how to install them
     import torch
@@ -520,13 +524,18 @@ def main(argv: list[str] | None = None) -> int:
               'train_subset': base.train_subset, 'test_subset': args.test_subset,
               'same_order': args.same_order,
               'torch_version': torch.__version__, 'runs': runs,
-              'epochs_side_by_side': side_by_side(runs),
+              'epochs_side_by_side': side_by_side(runs), 'agreement': agreement(runs),
               'note': "train_s/eval_s: seconds per epoch; jaxres's epoch 1 includes loading "
                       'the data and compiling.'}
     with open(os.path.join(out, 'twin.json'), 'w', encoding='utf-8') as f:
         json.dump(result, f, indent=1)
     png = plot_twin(runs, f'{name}: jaxres vs the PyTorch port of its seed',
                     os.path.join(out, 'twin.png'))
+    for row in result['agreement']:
+        print(f'epoch {row["epoch"]}: mean test accuracy jaxres {row["jaxres_mean"]:.2%}, '
+              f'PyTorch {row["torch_mean"]:.2%}, difference {row["difference"]:+.2%}, '
+              f'bound {row["bound"]:.2%} (seed spread {row["spread"]:.2%}): '
+              f'{"within" if row["within"] else "OUTSIDE"}')
     print(f'wrote {os.path.join(out, "twin.json")} and {png}')
     return 0
 

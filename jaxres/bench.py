@@ -319,7 +319,9 @@ def parse_command_line(argv: list[str]) -> tuple[flags.FlagValues, ml_collection
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if {'-h', '--help'} & set(argv):
-        print(__doc__)
+        flag_values = flags.FlagValues()
+        define_flags(flag_values, ['jaxres.bench'])
+        print(f'{__doc__.strip()}\n\nFlags:\n{flag_values.get_help()}')
         return 0
     flag_values, config = parse_command_line(argv)
     if flag_values.input == 'streaming':

@@ -131,7 +131,9 @@ def explain_flag_error(argv: list[str], error: Exception, usage: str = LAUNCH_US
     """One line for a bad flag: names the override and where valid keys are listed."""
     while error.args and isinstance(error.args[0], BaseException):
         error = error.args[0]  # ml_collections wraps a KeyError in an AttributeError
-    text = ' '.join(str(error.args[0] if error.args else error).split()).strip('"\'')
+    text = ' '.join(str(error.args[0] if error.args else error).split())
+    if len(text) > 1 and text[0] == text[-1] and text[0] in '"\'':  # a KeyError's repr
+        text = text[1:-1]
     for arg in argv[1:]:
         if arg.startswith('--config.'):
             key = arg[len('--config.'):].split('=', 1)[0]
@@ -143,6 +145,9 @@ def explain_flag_error(argv: list[str], error: Exception, usage: str = LAUNCH_US
                 return (f'config.{key} is now {SPEC_OPS[key[len("data."):]]} in the spec '
                         "config.data.train_pp, e.g. --config.data.train_pp='crop(4)|flip_lr|"
                         "normalize' (configs/default.py lists the ops).")
+            if text.startswith(f'flag {arg}: '):  # the key exists; its value does not parse
+                return (f'invalid value in {arg!r} ({text[len(f"flag {arg}: "):]}): give a '
+                        f'value of the type of config.{key}\'s default in configs/default.py.')
             if key.split('.')[-1] in text or key in text:
                 return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
                         'against configs/default.py, which lists every key.')

@@ -56,6 +56,14 @@ def test_bench_takes_config_overrides():
         bench.parse_command_line(['--config', path, '--config.model.no_such_key=1'])
 
 
+def test_help_lists_the_flags(capsys):
+    assert bench.main(['--help']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Benchmark a config's training on this machine.")
+    for flag in ('--config', '--batch_size', '--steps', '--dtype', '--input'):
+        assert f'  {flag}:' in out, flag
+
+
 def test_flops_do_not_depend_on_the_conv_lowering():
     # im2col's patch copies are not arithmetic: the achieved GFLOP/s must not count them.
     flops = {}

@@ -35,6 +35,8 @@ def test_summary_ends_with_the_exact_parameter_count():
     ('--config.data.hflip=False', 'config.data.hflip is now flip_lr('),
     ('--config.data.train_pp=crop(4)|flip', "unknown preprocessing op 'flip'"),
     ('--config.batch_size=100', 'the nearest global batch sizes that do are 96 or 104'),
+    ('--config.batch_size=abc', "invalid value in '--config.batch_size=abc' (invalid literal "
+                                "for int() with base 10: 'abc'): give a value of the type"),
 ])
 def test_user_mistakes_get_one_clear_line(tmp_path, override, expected):
     out = _launch('--config', 'configs/quickstart.py', '--workdir', str(tmp_path / 'w'), override,
