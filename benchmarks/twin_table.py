@@ -67,7 +67,7 @@ def seconds_per_epoch(runs: list[dict], framework: str) -> float:
 def row(result: dict, root: str = ROOT) -> str:
     """The table row of one twin.json."""
     runs = result['runs']
-    epochs = result.get('agreement') or agreement(runs)
+    epochs = agreement(runs)  # derived from the curves (older twin.json files lack it)
     last = epochs[-1]
     missed = [a['epoch'] for a in epochs if not a['within']]
     worst = max(epochs, key=lambda a: abs(a['difference']) - a['bound'])

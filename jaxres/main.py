@@ -146,7 +146,7 @@ def explain_flag_error(argv: list[str], error: Exception, usage: str = LAUNCH_US
                         "config.data.train_pp, e.g. --config.data.train_pp='crop(4)|flip_lr|"
                         "normalize' (configs/default.py lists the ops).")
             if text.startswith(f'flag {arg}: '):  # the key exists; its value does not parse
-                return (f'invalid value in {arg!r} ({text[len(f"flag {arg}: "):]}): give a '
+                return (f'invalid value in {arg!r} ({text.removeprefix(f"flag {arg}: ")}): give a '
                         f'value of the type of config.{key}\'s default in configs/default.py.')
             if key.split('.')[-1] in text or key in text:
                 return (f'unknown or invalid config key in {arg!r} ({text}). Check its spelling '
