@@ -26,9 +26,9 @@ if importlib.util.find_spec('torchvision') is None:
     pytest.skip('torchvision is not installed (pip install -e ".[bench]")', allow_module_level=True)
 
 from benchmarks import torch_ports, twin, twin_table  # noqa: E402
-from configs import (cifar10_preact, cifar10_resnet2111, cifar10_resnet9,  # noqa: E402
-                     cifar10_resnet_b, cifar100_finetune_resnet18, cifar100_preact,
-                     cifar100_resnet)
+from configs import (cifar10_preact, cifar10_resnet18, cifar10_resnet2111,  # noqa: E402
+                     cifar10_resnet9, cifar10_resnet_b, cifar100_finetune_resnet18,
+                     cifar100_preact, cifar100_resnet)
 from jaxres import datasets, models, optim, preprocess  # noqa: E402
 
 RTOL = 1e-4
@@ -70,6 +70,11 @@ RECIPES = {
     'seed004_sgd_constant': (cifar100_resnet, {'model.stem_dropout': 0.0,
                                                'optimizer.weight_decay': 1e-2,
                                                'schedule.learning_rate': 0.05}, RTOL),
+    # cifar10_resnet18 (kuangliu's main.py + warm-up): SGD, coupled L2, linear warm-up
+    # (2 steps here) then cosine per step; its biased BN variance set to PyTorch's.
+    'resnet18_sgd_warmup_cosine': (cifar10_resnet18, {'model.bn_running_var': 'unbiased',
+                                                      'schedule.warmup_epochs': 0.5,
+                                                      'optimizer.weight_decay': 5e-3}, RTOL),
     'seed003_adam_l2_exponential': (cifar10_preact, {'schedule.decay_rate': 0.5,
                                                      'model.block_dropout': 0.0,
                                                      'optimizer.weight_decay': 1e-2}, 5e-3),
@@ -154,7 +159,8 @@ def test_cli_without_torch_says_how_to_install(monkeypatch, capsys, tmp_path):
 
 def test_settings_without_a_port_are_refused_before_training():
     config = _config(cifar10_resnet2111, {'model.bn_running_var': 'biased'})
-    with pytest.raises(twin.TwinError, match="model.bn_running_var='biased'"):
+    with pytest.raises(twin.TwinError, match="model.bn_running_var='biased'.*run the twin with "
+                                             '--config.model.bn_running_var=unbiased'):
         twin.check_portable(config, 4)
     config = _config(cifar10_resnet2111, {'optimizer.lookahead_every': 4})
     with pytest.raises(twin.TwinError, match='optimizer.lookahead_every=4'):
