@@ -224,8 +224,13 @@ def from_config(model_config: ml_collections.ConfigDict, num_classes: int) -> nn
     widths = tuple(m.stage_widths) or tuple(m.stem_width * 2 ** i for i in range(len(sizes)))
     unported = _unported(m, block, len(sizes))
     if unported:
+        # Flax's biased running variance (e.g. cifar10_resnet18's) is one override away.
+        hint = ('' if m.get('bn_running_var', 'unbiased') == 'unbiased' else
+                "; PyTorch's BatchNorm tracks the unbiased variance: run the twin with "
+                '--config.model.bn_running_var=unbiased (a factor n/(n-1) on the running '
+                'variance, n = batch x height x width)')
         raise ValueError('no seed port for ' + ', '.join(unported) + " (the seeds' networks "
-                         'only; BN must track the unbiased variance, as PyTorch does).')
+                         f'only{hint}).')
     act = ACTIVATIONS[m.activation]
     if block == 'preact':
         net = KerasPreActNet(num_classes, m.block_dropout, sizes, widths, m.stem_width, act)

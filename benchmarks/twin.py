@@ -118,12 +118,6 @@ def check_portable(config: ml_collections.ConfigDict, num_classes: int) -> None:
             or (s.name == 'flip_lr' and s['mode'] != 'random')]
     if bad:
         raise TwinError(f'no PyTorch port for {", ".join(bad)}: no seed uses it.')
-    running_var = get('model.bn_running_var', 'unbiased')
-    if running_var != 'unbiased':  # e.g. cifar10_resnet18 (Flax's default)
-        raise TwinError(f'no PyTorch port for model.bn_running_var={running_var!r}: '
-                        "PyTorch's BatchNorm tracks the unbiased variance; run the twin with "
-                        '--config.model.bn_running_var=unbiased (a factor n/(n-1) on the running '
-                        'variance, n = batch x height x width).')
     try:
         torch_ports.from_config(config.model, num_classes)
     except ValueError as e:
