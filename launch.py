@@ -1,7 +1,7 @@
-"""Train, evaluate, predict or summarise a jaxres config.
+"""Train, evaluate, predict with, export or summarise a jaxres config.
 
     python launch.py --config configs/cifar10_resnet18.py --workdir runs/r18 \
-        [--mode train|eval|predict|summary] [--config.key=value ...]
+        [--mode train|eval|predict|export|summary] [--config.key=value ...]
 """
 
 import os
@@ -19,15 +19,17 @@ from jaxres import main as jaxres_main
 FLAGS = flags.FLAGS
 jaxres_main.define_config_flag(FLAGS)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export', 'summary'], 'What to do.')
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
     del argv
-    if FLAGS.mode != 'summary' and not FLAGS.workdir:
-        sys.exit('error: --workdir is required for --mode=' + FLAGS.mode)
     config = jaxres_main.parsed_config(FLAGS)
+    # An exported model needs no workdir to predict with (config.predict.model).
+    if FLAGS.mode != 'summary' and not FLAGS.workdir and not (
+            FLAGS.mode == 'predict' and config.predict.model):
+        sys.exit('error: --workdir is required for --mode=' + FLAGS.mode)
     return jaxres_main.run(config, FLAGS.workdir or '', FLAGS.mode)
 
 

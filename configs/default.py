@@ -187,6 +187,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.predict.input = ''
     c.predict.output = ''
     c.predict.pp = ''  # preprocessing spec; '' = data.eval_pp
+    # An exported model (model.onnx, model.jaxexport or saved_model/) to predict with
+    # instead of the checkpoint ('' = the checkpoint).
+    c.predict.model = ''
+
+    # --mode=export: the eval checkpoint as uint8 images -> probabilities, with the
+    # eval preprocessing inside: 'jax' (jax.export), 'onnx', 'savedmodel' (TF).
+    c.export = ml_collections.ConfigDict()
+    c.export.formats = ('jax', 'onnx', 'savedmodel')
+    c.export.dir = ''  # '' = WORKDIR/export
 
     # Start a new run from other weights: a torchvision ResNet-18/34/50 state_dict
     # (.pth, needs torch) or a jaxres workdir / checkpoints dir; the head is replaced

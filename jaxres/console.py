@@ -42,10 +42,17 @@ def quiet_native_startup(environ: MutableMapping[str, str], argv: Sequence[str])
         environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 
+# Warnings that are advice to the library's own users, not to jaxres's: TFDS suggests
+# OpenCV for its image decoding, which jaxres does not use for training.
+_NOT_FOR_OUR_USERS = ('OpenCV is not installed',)
+
+
 class _DropLibraryChatter(logging.Filter):
     """Hides INFO lines of Orbax, TFDS and JAX's internals; keeps their warnings."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_NOT_FOR_OUR_USERS):
+            return False
         return (record.levelno >= logging.WARNING
                 or not any(p in record.pathname for p in _CHATTY_PATHS))
 

@@ -14,10 +14,8 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxres import backend, checkpointing, config_validation, console, datasets, evaluate
-from jaxres import input_pipeline, models, preemption, preprocess, safe_io, sharding, streaming
-from jaxres import summary
-from jaxres import train
+from jaxres import checkpointing, config_validation, console, datasets, inference
+from jaxres import input_pipeline, preemption, safe_io, sharding, streaming, summary, train
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
@@ -36,7 +34,7 @@ SPEC_OPS = {
     'augment_order': 'the order of the ops in the spec',
 }
 LAUNCH_USAGE = ('python launch.py --config configs/NAME.py --workdir DIR '
-                '[--mode train|eval|predict|summary] [--config.key=value ...]')
+                '[--mode train|eval|predict|export|summary] [--config.key=value ...]')
 
 USER_ERRORS = (config_validation.ConfigError, datasets.DataError,
                checkpointing.CheckpointError, train.NonFiniteLossError)
@@ -50,7 +48,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     machine; it restores onto whatever devices this machine has.  Only the
     model's variables are read (no optimizer state) and only the eval split.
     """
-    from jaxres import predict  # pylint: disable=g-import-not-at-top
     config_validation.validate(config)
     split = config.eval.split or ('validation' if config.validation_size > 0
                                   else config.eval_split)
@@ -64,26 +61,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
             if split != 'validation':  # a stored split: the whole test set, say
                 config.eval_split = split
                 config.validation_size = 0
-    manager, step = checkpointing.open_checkpoint(config.eval.checkpoint, workdir,
-                                                  config.checkpoint.best_metric)
-    config = evaluate.with_saved_normalization(config, checkpointing.read_meta(manager, step))
+    inference.checkpoint_meta(config, workdir)  # none there: say so before reading data
     mesh = sharding.make_data_mesh()
     batches, class_names, image_shape, split = eval_batches(config, mesh)
-    restored = checkpointing.restore_variables(
-        manager, step, sharding.replicated(mesh),
-        use_ema=bool(config.eval.ema and config.optimizer.ema_decay > 0))
-    num_classes = int(restored['params']['head']['kernel'].shape[-1])
-    choices = backend.choose(config)
-    dtype = models.compute_dtype(config.dtype)
-    model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
-    variables = predict.variables_for(model, restored,
-                                      models.input_shape(image_shape, config.data.image_size))
-    evaluator = evaluate.Evaluator(
-        model.apply, mesh, preprocess.Preprocess.from_config(config, 'eval'), dtype,
-        tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate),
-        class_names=class_names)
-    results = dict(evaluator.evaluate(variables, batches), step=int(step), split=split,
-                   checkpoint=os.path.join(str(manager.directory), str(step)))
+    restored = inference.load_for_inference(config, workdir, image_shape, mesh=mesh)
+    evaluator = restored.evaluator(mesh, class_names)
+    results = dict(evaluator.evaluate(restored.variables, batches), step=restored.step,
+                   split=split, checkpoint=restored.checkpoint)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         safe_io.write_json(os.path.join(workdir, 'eval_results.json'), results)
@@ -211,9 +195,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
         elif mode == 'predict':
             from jaxres import predict  # pylint: disable=g-import-not-at-top
             print(predict.predict_to_file(config, workdir))
+        elif mode == 'export':
+            from jaxres import export  # pylint: disable=g-import-not-at-top
+            print(export.export_model(config, workdir))
         else:
             raise config_validation.ConfigError(
-                f'--mode={mode!r} is not valid; choose train, eval, predict or summary.')
+                f'--mode={mode!r} is not valid; choose train, eval, predict, export or '
+                'summary.')
     except USER_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

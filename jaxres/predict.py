@@ -24,7 +24,6 @@ a temporary file and renamed, so a failure never leaves a partial file.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import os
 from typing import Any, Iterator, Sequence
@@ -35,9 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxres import backend, checkpointing, config_validation, datasets, evaluate
-from jaxres import input_pipeline, models, preprocess
-from jaxres import safe_io, sharding
+from jaxres import config_validation, datasets, inference, input_pipeline, safe_io, sharding
 from jaxres.host_transforms import IMAGE_SUFFIXES
 
 PICKLE_SUFFIXES = ('.pkl', '.pickle', '')
@@ -179,29 +176,6 @@ def image_batches(images: np.ndarray, mesh: jax.sharding.Mesh, batch_size: int
                for k, v in (('image', batch), ('mask', mask))}
 
 
-def variables_for(model: nn.Module, restored: dict[str, Any],
-                  image_shape: Sequence[int]) -> dict[str, Any]:
-    """Checks the restored tree against ``model`` (built from the config) at this input."""
-    expected = jax.eval_shape(functools.partial(
-        model.init, jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)), train=False))
-    want = leaf_shapes({k: expected.get(k, {}) for k in ('params', 'batch_stats')})
-    got = leaf_shapes(restored)
-    for key in sorted(set(want) | set(got)):
-        if want.get(key) != got.get(key):
-            raise checkpointing.CheckpointError(
-                f'the checkpoint does not fit config.model for {tuple(image_shape)} images: '
-                f'{key} is {got.get(key, "missing")} in the checkpoint but '
-                f'{want.get(key, "missing")} in the model. Use the --config the checkpoint '
-                'was trained with.')
-    return restored
-
-
-def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``{"['params']['head']['kernel']": shape, ...}`` of a pytree."""
-    return {jax.tree_util.keystr(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 # --------------------------------------------------------------------------- #
 # Writing the output
 # --------------------------------------------------------------------------- #
@@ -265,28 +239,23 @@ def _dataset_class_names(config: ml_collections.ConfigDict) -> list[str] | None:
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
-            ) -> tuple[np.ndarray, tuple[str, ...], int]:
-    """(probabilities, class names, checkpoint step) for uint8 NHWC ``images``."""
-    manager, step = checkpointing.open_checkpoint(config.eval.checkpoint, workdir,
-                                                  config.checkpoint.best_metric)
-    meta = checkpointing.read_meta(manager, step)
-    check_image_shape(images, meta.get('image_shape'), config.predict.input or 'the images')
+            ) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """(probabilities, class names, source) for uint8 NHWC ``images``: from the
+    checkpoint ``config.eval.checkpoint`` selects, or from the exported model
+    ``config.predict.model`` when set (``jaxres.export``)."""
+    if config.predict.model:
+        from jaxres import export  # pylint: disable=g-import-not-at-top
+        loaded = export.load_exported(config.predict.model)
+        return loaded.predict(images), loaded.class_names, loaded.describe()
     mesh = sharding.make_data_mesh()
-    restored = checkpointing.restore_variables(
-        manager, step, sharding.replicated(mesh),
-        use_ema=bool(config.eval.ema and config.optimizer.ema_decay > 0))
-    num_classes = int(restored['params']['head']['kernel'].shape[-1])
-    dtype = models.compute_dtype(config.dtype)
-    choices = backend.choose(config)
-    model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
-    shape = models.input_shape(images.shape[1:], config.data.image_size)
-    variables = variables_for(model, restored, shape)
-    evaluator = evaluate.Evaluator(
-        model.apply, mesh, preprocess.Preprocess.from_config(
-            evaluate.with_saved_normalization(config, meta), 'predict'),
-        dtype, tta_flip=bool(config.eval.tta), tta_translate=bool(config.eval.tta_translate))
-    probs = evaluator.predict(variables, image_batches(images, mesh, config.eval_batch_size))
-    return probs, class_names_for(meta, config, num_classes), step
+    check_image_shape(images, inference.checkpoint_meta(config, workdir).get('image_shape'),
+                      config.predict.input or 'the images')
+    restored = inference.load_for_inference(config, workdir, images.shape[1:], mesh=mesh,
+                                            purpose='predict')
+    probs = restored.evaluator(mesh).predict(
+        restored.variables, image_batches(images, mesh, config.eval_batch_size))
+    return (probs, class_names_for(restored.meta, config, restored.num_classes),
+            f'checkpoint step {restored.step}')
 
 
 def predict_to_file(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -295,10 +264,10 @@ def predict_to_file(config: ml_collections.ConfigDict, workdir: str) -> str:
     out = config.predict.output
     check_output_path(out)  # before any work: a bad name should not cost a compile
     images = read_images(config.predict.input)
-    probs, names, step = predict(config, workdir, images)
+    probs, names, source = predict(config, workdir, images)
     if jax.process_index() == 0:
         write_output(out, probs, names)
     counts = np.bincount(np.argmax(probs, -1), minlength=len(names))
     top = ', '.join(f'{names[k]} {counts[k]}' for k in np.argsort(-counts)[:3])
-    return (f'predicted {len(probs)} images with checkpoint step {step} '
+    return (f'predicted {len(probs)} images with {source} '
             f'(most frequent: {top}); wrote {os.path.abspath(out)}')

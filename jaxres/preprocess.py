@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 Array = jax.Array
 
@@ -254,12 +255,33 @@ def check_order(spec: str, steps: tuple[Step, ...], deterministic: bool) -> None
 # --------------------------------------------------------------------------- #
 # The ops: pure functions, used inside jit.
 # --------------------------------------------------------------------------- #
+def resize_matrix(length: int, size: int) -> np.ndarray:
+    """(size, length) float32: row o holds the weights of the ``length`` inputs for
+    output o of ``jax.image.resize(..., 'bilinear')`` (a triangle kernel, widened by
+    the scale when shrinking: antialiased), in NumPy at trace time."""
+    scale = size / length
+    kernel_scale = max(1 / scale, 1.0)
+    sample = (np.arange(size) + 0.5) / scale - 0.5
+    w = np.maximum(0.0, 1 - np.abs(sample[:, None] - np.arange(length)[None, :]) / kernel_scale)
+    w /= np.maximum(w.sum(1, keepdims=True), np.finfo(np.float32).tiny)
+    return w.astype(np.float32)
+
+
+def resize_bilinear(x: Array, size: int) -> Array:
+    """(N, H, W, C) floats -> (N, size, size, C), ``jax.image.resize``'s bilinear
+    resize as two products with constant matrices: the batch size may stay symbolic
+    (an exported program's, ``jaxres.export``), which resize's own shape logic refuses."""
+    rows, cols = resize_matrix(x.shape[1], size), resize_matrix(x.shape[2], size)
+    x = jnp.einsum('oh,nhwc->nowc', rows, x, precision='highest')
+    return jnp.einsum('pw,nowc->nopc', cols, x, precision='highest')
+
+
 def normalize(images: Array, normalization: Normalization, dtype: Any = jnp.float32) -> Array:
     """uint8 images -> standardised floats of ``dtype`` (``Normalization``)."""
     x = images.astype(jnp.float32) / 255.0
     size = normalization.image_size
     if size and x.shape[1] != size:
-        x = jax.image.resize(x, x.shape[:1] + (size, size) + x.shape[3:], 'bilinear')
+        x = resize_bilinear(x, size)
     if normalization.standardize == 'image':
         axes = tuple(range(1, x.ndim))
         mean = jnp.mean(x, axes, keepdims=True)

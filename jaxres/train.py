@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 import optax
 from clu import metrics as clu_metrics
-from clu import periodic_actions
 import flax.linen as nn
 from flax import traverse_util
 from flax.training import train_state
@@ -689,8 +688,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_input.start_at(step, manager)
 
     writer = metric_logging.create_writer(workdir)
-    report = periodic_actions.ReportProgress(num_train_steps=setup.total_steps, writer=writer,
-                                             every_secs=30.0)
     cadence = Cadence.from_config(config, setup.steps_per_epoch, setup.total_steps)
     metrics_log = TrainMetricsLog(setup, writer, cadence, manager, step)
     checkpoints = CheckpointSaver(manager, train_input, checkpoint_meta(setup, info, input_kind))
@@ -704,7 +701,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state, metrics = step_fn(state, *train_input.step_args(step, state))
             step += steps_run
             metrics_log.add(metrics)
-            report(step)
             due = cadence.due(step, checkpoints.minutes_since_save())
             preempted = stop.requested(step - steps_run - first_step, step - first_step)
             # Metrics are fetched on log steps, and before any checkpoint so that a

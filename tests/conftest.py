@@ -48,6 +48,28 @@ def tiny_config(**overrides):
     return c
 
 
+def tiny_width(config):
+    """``config`` with one block per stage and 1/16 of its widths (the same kinds of
+    stem, block and head), smaller inputs where it resizes; in place, returned."""
+    from jaxres import models  # pylint: disable=g-import-not-at-top
+    m = config.model
+    if m.family == 'airbench':
+        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
+        m.whiten_samples = 64
+    elif m.family == 'wide_resnet':
+        m.depth, m.widen_factor = 10, 1
+    else:
+        if not m.stage_sizes:
+            m.block, sizes = models.DEPTHS[m.depth]
+            m.stage_sizes = sizes
+        m.stage_sizes = (1,) * len(m.stage_sizes)
+        m.stem_width = max(4, m.stem_width // 16)
+        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
+    if config.data.image_size:
+        config.data.image_size = 48  # 224 in the fine-tuning recipe
+    return config
+
+
 def random_dataset(n_train=128, n_eval=40, size=8, channels=3, classes=4, seed=0):
     """Images whose class is visible (a class-dependent brightness) plus noise."""
     rng = np.random.default_rng(seed)

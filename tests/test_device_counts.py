@@ -10,10 +10,12 @@ the configs' own (500 does not split over 8 or 16 devices: it is rounded up and
 the padding masked).  ``python tests/test_device_counts.py`` runs every config
 on all local devices (the 16-device and 2-process tests run it so).
 
-Every config runs on 8 devices here and on 16 and 2 x 4 in subprocesses; on
-1, 2 and 4 devices every config is built and its batches checked (no compile:
-its batches split evenly there), and the speedrun config, whose micro-batches
-split unevenly, runs.
+Every config runs on 8 devices here; on 16 and 2 x 4 (subprocesses) one config of
+each model family and input kind runs (``MATRIX_CONFIGS``), and every config with
+``JAXRES_FULL_MATRIX=1`` (the documented slow command, README "Tests"); on 1, 2
+and 4 devices every config is built and its batches checked (no compile: its
+batches split evenly there), and the speedrun config, whose micro-batches split
+unevenly, runs.
 """
 
 from __future__ import annotations
@@ -32,33 +34,23 @@ import pytest
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxres import datasets, input_pipeline, models, sharding, streaming, train  # noqa: E402
+from jaxres import datasets, input_pipeline, sharding, streaming, train  # noqa: E402
+
+from conftest import tiny_width  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                  if not p.endswith('__init__.py'))
 NUM_EVAL = 250
+# One per model family (resnet basic/bottleneck, airbench, wide_resnet) and input kind
+# (resident, streaming, micro-batches): the 16-device and 2 x 4 runs in CI.
+MATRIX_CONFIGS = ('cifar10_resnet18', 'cifar10_speedrun', 'cifar10_wrn28_10',
+                  'imagenet_resnet50')
 
 
 def small_model(name: str):
     """The config with one block per stage, 1/16 of its widths, smaller inputs."""
-    config = importlib.import_module(f'configs.{name}').get_config()
-    m = config.model
-    if m.family == 'airbench':
-        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
-        m.whiten_samples = 64
-    elif m.family == 'wide_resnet':
-        m.depth, m.widen_factor = 10, 1
-    else:
-        if not m.stage_sizes:
-            m.block, sizes = models.DEPTHS[m.depth]
-            m.stage_sizes = sizes
-        m.stage_sizes = (1,) * len(m.stage_sizes)
-        m.stem_width = max(4, m.stem_width // 16)
-        m.stage_widths = tuple(max(4, w // 16) for w in m.stage_widths)
-    if config.data.image_size:
-        config.data.image_size = 48  # 224 in the fine-tuning recipe
-    return config
+    return tiny_width(importlib.import_module(f'configs.{name}').get_config())
 
 
 def synthetic_for(config) -> datasets.ImageDataset:
@@ -121,22 +113,26 @@ def test_config_builds_and_splits_its_batches(name, devices):
     assert (config.batch_size // config.grad_accum_steps) % devices == 0
 
 
+def matrix_configs() -> tuple[str, ...]:
+    return tuple(CONFIGS) if os.environ.get('JAXRES_FULL_MATRIX') == '1' else MATRIX_CONFIGS
+
+
 def _env(devices: int) -> dict:
     # Unoptimised CPU code compiles in about half the time; only that these run is tested.
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAXRES_CONFIGS=','.join(matrix_configs()),
                 XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
                           '--xla_backend_optimization_level=0 '
                           '--xla_llvm_disable_expensive_passes=true')
 
 
-def test_every_config_runs_on_16_devices():
+def test_configs_run_on_16_devices():
     out = subprocess.run([sys.executable, __file__], env=_env(16), cwd=ROOT, capture_output=True,
                          text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert out.stdout.count('ok on 16 devices') == len(CONFIGS), out.stdout
+    assert out.stdout.count('ok on 16 devices') == len(matrix_configs()), out.stdout
 
 
-def test_every_config_runs_on_2_processes_x_4_devices():
+def test_configs_run_on_2_processes_x_4_devices():
     with socket.socket() as s:
         s.bind(('localhost', 0))
         port = s.getsockname()[1]
@@ -146,7 +142,7 @@ def test_every_config_runs_on_2_processes_x_4_devices():
     outs = [p.communicate(timeout=1200) for p in procs]
     for p, (stdout, stderr) in zip(procs, outs):
         assert p.returncode == 0, stdout[-2000:] + stderr[-3000:]
-        assert stdout.count('ok on 8 devices') == len(CONFIGS), stdout
+        assert stdout.count('ok on 8 devices') == len(matrix_configs()), stdout
 
 
 if __name__ == '__main__':
@@ -155,6 +151,6 @@ if __name__ == '__main__':
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
         jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                                    process_id=int(sys.argv[2]))
-    for config_name in CONFIGS:
+    for config_name in os.environ.get('JAXRES_CONFIGS', ','.join(CONFIGS)).split(','):
         check(config_name, sharding.make_data_mesh())
         print(f'{config_name}: ok on {jax.device_count()} devices', flush=True)

@@ -66,6 +66,7 @@ def test_one_epoch_on_a_prepared_tfds_dataset_then_eval(tmp_path):
               '--config.eval_batch_size=8', '--config.num_epochs=1']
     out = _launch(*common)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert 'OpenCV' not in out.stderr  # TFDS's advice to its own users
     with open(os.path.join(workdir, 'eval_results.json')) as f:
         trained = json.load(f)
     assert trained['num_examples'] == 20 and trained['step'] == 3
@@ -89,14 +90,20 @@ def test_console_shows_jaxres_lines_not_library_start_up_noise(tmp_path):
            if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), '--config',
                           'configs/quickstart.py', '--workdir', str(tmp_path / 'w'),
-                          '--config.num_train_steps=3', '--config.dtype=bfloat16'],
+                          '--config.num_train_steps=3', '--config.dtype=bfloat16',
+                          '--config.log_every_steps=1'],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr
     for noise in ('oneDNN', 'absl::InitializeLog', 'Unable to initialize backend',
-                  'port.cc', 'cpu_feature_guard', 'TensorFlow binary is optimized'):
+                  'port.cc', 'cpu_feature_guard', 'TensorFlow binary is optimized',
+                  'Setting work unit notes', 'steps_per_sec'):
         assert noise not in console, noise
     assert 'test accuracy' in out.stdout  # jaxres's own lines are still there
+    # One progress line per log step: jaxres's, with its rate and ETA.
+    progress = [line for line in console.splitlines() if 'images/s |' in line]
+    assert [line.split('step ')[-1].split('/')[0] for line in progress] == ['1', '2', '3'], \
+        console[-3000:]
     # The one warning that matters here: bfloat16 is slow on a CPU.
     assert sum('bfloat16 runs slower than float32' in line
                for line in console.splitlines()) == 1, console[-3000:]

@@ -386,3 +386,15 @@ def test_configs_keep_their_exact_batches(name):
         got[path] = _digest(jax.jit(lambda d, o: input_pipeline.train_batch(
             d, o, jnp.int32(1), jnp.int32(1), jax.random.key(3), pipeline))(data, order))
     assert got == RECORDED[name]
+
+
+@pytest.mark.parametrize('size', [24, 64, 224])
+def test_resize_is_jax_image_resize_with_a_free_batch(size):
+    """normalize's resize (two constant matrices, so an exported program's batch may
+    stay symbolic) computes jax.image.resize's antialiased bilinear resize."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 32, 40, 3)), jnp.float32)
+    want = jax.image.resize(x, (2, size, size, 3), 'bilinear')
+    np.testing.assert_allclose(preprocess.resize_bilinear(x, size), want, atol=5e-6)
+    exported = jax.export.export(jax.jit(lambda im: preprocess.resize_bilinear(im, size)))(
+        jax.ShapeDtypeStruct(jax.export.symbolic_shape('B, 32, 40, 3'), jnp.float32))
+    np.testing.assert_allclose(exported.call(x[:1]), want[:1], atol=5e-6)

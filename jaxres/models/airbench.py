@@ -69,7 +69,8 @@ def tile_pool_fn(impl: str) -> Callable[[Array, int], Array]:
     if impl == 'tiles':
         return max_pool_tiles
     if impl == 'xla':
-        return lambda x, size: nn.max_pool(x, (size, size), (size, size))
+        # Keywords: converters (jax2onnx) patch nn.max_pool with a keyword-only signature.
+        return lambda x, size: nn.max_pool(x, window_shape=(size, size), strides=(size, size))
     raise ValueError(f'max-pool lowering {impl!r} is not one of (\'xla\', \'tiles\').')
 
 

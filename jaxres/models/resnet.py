@@ -62,7 +62,10 @@ def imagenet_stem(x: Array, features: int, p: Parts) -> Array:
     """conv7x7/2 + BN + act + max-pool 3x3/2 (torchvision)."""
     x = p.conv(features, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='conv')(x)
     x = p.act(p.norm(name='bn')(x))
-    return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    # -inf padding written out: the same reduce_window, and ONNX converters that drop
+    # a pool's explicit padding (jax2onnx 0.17) still export it exactly.
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
 
 
 @register(STEMS, 'deep')

@@ -54,6 +54,7 @@ class WideResNet(nn.Module):
       dropout_rate: between each block's convs (the paper: 0.3 on CIFAR).
       stochastic_depth: drop rate of the last block's residual branch, linear in
         the block index (as the ResNet family).
+      activation: ``layers.ACTIVATIONS`` name (the paper: relu).
       bn_momentum (Flax convention), bn_epsilon, kernel_init, dense_init.
     """
 
@@ -66,6 +67,7 @@ class WideResNet(nn.Module):
     widen_factor: int = 10
     dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
+    activation: str = 'relu'
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     kernel_init: str = 'kaiming_fan_out'
@@ -79,20 +81,21 @@ class WideResNet(nn.Module):
             raise ValueError(f'a Wide ResNet has depth 6n + 4 (e.g. 16, 22, 28, 40); got '
                              f'{self.depth}.')
         n = (self.depth - 4) // 6
+        act = layers.ACTIVATIONS[self.activation]
         conv, biased_conv = layers.conv_factories(self.kernel_init, 'symmetric',
                                                   self.conv_impl, self.dtype)
         norm = layers.norm_factory(train, self.bn_momentum, self.bn_epsilon, 'biased', True,
                                    self.dtype)
-        x = Stem('conv3x3', 16, Parts(conv, biased_conv, norm, nn.relu), name='stem')(
+        x = Stem('conv3x3', 16, Parts(conv, biased_conv, norm, act), name='stem')(
             x.astype(self.dtype))
         for i, stride in enumerate((1, 2, 2)):
             for j in range(n):
                 done = i * n + j + 1
                 x = WideBlock(16 * 2 ** i * self.widen_factor, stride if j == 0 else 1, conv,
-                              norm, nn.relu, self.dropout_rate,
+                              norm, act, self.dropout_rate,
                               self.stochastic_depth * done / (3 * n), train,
                               name=f'stage{i + 1}_block{j + 1}')(x)
-        x = nn.relu(norm(name='head_bn')(x))
+        x = act(norm(name='head_bn')(x))
         x = layers.linear_head(jnp.mean(x, axis=(1, 2)), self.num_classes, self.dense_init,
                                dtype=self.dtype)
         return x.astype(jnp.float32)
