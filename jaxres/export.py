@@ -100,14 +100,16 @@ def export_model(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def check_extra(fmt: str) -> None:
     """One line naming the extra a format needs, before any work."""
-    if fmt not in EXTRAS:
-        return
-    module, command = EXTRAS[fmt]
+    if fmt in EXTRAS:
+        require(EXTRAS[fmt][0], f'export format {fmt!r}', EXTRAS[fmt][1])
+
+
+def require(module: str, what: str, command: str) -> None:
+    """``module`` importable, else one ExportError naming it and its install command."""
     try:
         __import__(module)
     except ImportError:
-        raise ExportError(f'export format {fmt!r} needs {module}, which is not installed: '
-                          f'{command}') from None
+        raise ExportError(f'{what} needs {module}, which is not installed: {command}') from None
 
 
 def input_image_shape(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int, int]:
@@ -247,7 +249,7 @@ def load_exported(path: str) -> Exported:
     if not os.path.exists(path):
         raise ExportError(f'config.predict.model={path!r} does not exist.')
     fmt = format_of(path)
-    _need(RUNTIMES[fmt])
+    require(RUNTIMES[fmt], f'reading a {fmt} model', 'pip install -e ".[export]"')
     meta = _read_meta(path)
     try:
         run, shape = LOADERS[fmt](path)
@@ -261,14 +263,6 @@ def load_exported(path: str) -> Exported:
                           'exports; export again.')
     names = tuple(meta.get('class_names') or ())
     return Exported(path, fmt, tuple(shape), names, run)
-
-
-def _need(module: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise ExportError(f'reading this model needs {module}: pip install -e ".[export]"'
-                          ) from None
 
 
 def _read_meta(path: str) -> dict[str, Any]:

@@ -28,9 +28,7 @@ import io
 import os
 from typing import Any, Iterator, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -246,7 +244,10 @@ def predict(config: ml_collections.ConfigDict, workdir: str, images: np.ndarray
     if config.predict.model:
         from jaxres import export  # pylint: disable=g-import-not-at-top
         loaded = export.load_exported(config.predict.model)
-        return loaded.predict(images), loaded.class_names, loaded.describe()
+        probs = loaded.predict(images)
+        # No export.json beside the file: the classes are their indices.
+        names = loaded.class_names or tuple(str(i) for i in range(probs.shape[-1]))
+        return probs, names, loaded.describe()
     mesh = sharding.make_data_mesh()
     check_image_shape(images, inference.checkpoint_meta(config, workdir).get('image_shape'),
                       config.predict.input or 'the images')
