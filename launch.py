@@ -8,7 +8,8 @@ import os
 import sys
 
 if __name__ == '__main__':  # before JAX and TensorFlow are imported
-    from jaxres import console, host_memory
+    from jaxres import console
+    from jaxres.cpu import host_memory
     console.quiet_native_startup(os.environ, sys.argv)
     host_memory.reexec_with_hugepages([sys.executable] + sys.argv)
 

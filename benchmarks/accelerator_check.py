@@ -28,7 +28,9 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 
-from jaxres import backend, bench, train  # noqa: E402
+from jaxres import train  # noqa: E402
+from jaxres.cpu import backend  # noqa: E402
+from jaxres.tools import bench  # noqa: E402
 from jaxres import main as jaxres_main  # noqa: E402
 
 

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from jaxres import datasets, export, inference, main, predict, sharding  # noqa: E402
+from jaxres import export, inference, main, sharding  # noqa: E402
+from jaxres.data import datasets, inputs  # noqa: E402
 from streaming_decode import cpu_model  # noqa: E402  (benchmarks/, beside this file)
 
 
@@ -50,7 +51,7 @@ def run() -> int:
                                             purpose='predict')
     evaluator = restored.evaluator(mesh)
     runners = {'jaxres (--mode=predict)': lambda x: evaluator.predict(
-        restored.variables, predict.image_batches(x, mesh, args.batch_size))}
+        restored.variables, inputs.array_batches(x, mesh, args.batch_size))}
     out = os.path.join(args.workdir, 'export')
     for fmt, name in export.FILES.items():
         if os.path.exists(os.path.join(out, name)):

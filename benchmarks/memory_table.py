@@ -29,7 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxres import accelerators, datasets  # noqa: E402
+from jaxres.data import datasets  # noqa: E402
+from jaxres.tools import accelerators  # noqa: E402
 
 TRAIN_EXAMPLES = {'cifar10': 50_000, 'cifar100': 50_000, 'digits': 1_437}
 MEMORIES_GB = (16, 40, 80)

@@ -8,7 +8,7 @@ Compares, with the same worker count and batch size, in alternating fresh
 processes (round r runs jaxres, torchvision, tf.data):
 
 * jaxres: grain ``MapDataset`` -> ``batch`` whose ``batch_fn`` reads the files and
-  calls ``host_transforms.random_resized_crops`` (torchvision's box; TF's
+  calls ``host_ops.random_resized_crops`` (torchvision's box; TF's
   ``decode_and_crop_jpeg`` of the box at a DCT scale + bilinear, one TF call per
   batch and scale) and flips in numpy -> ``mp_prefetch``; batches are built
   inside the workers, so one array per batch crosses processes.
@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from jaxres import host_transforms  # noqa: E402
+from jaxres.data import host_ops  # noqa: E402
 
 LOADERS = ('jaxres', 'torchvision', 'tf.data')
 
@@ -119,7 +119,7 @@ def _read(path: str) -> bytes:
 
 class ReadCropFlip:
     """grain ``batch_fn``: [(index, file path)] -> uint8 (N, size, size, 3), each image
-    RandomResizedCrop'd (``host_transforms.random_resized_crops``, one call per
+    RandomResizedCrop'd (``host_ops.random_resized_crops``, one call per
     batch as in ``streaming.HostOps``) and flipped half the time.
 
     A plain picklable callable, so that the module need not import grain, which
@@ -132,7 +132,7 @@ class ReadCropFlip:
     def __call__(self, items: list[tuple[int, str]]) -> np.ndarray:
         data = [_read(path) for _, path in items]
         rngs = [np.random.default_rng([self.seed, index]) for index, _ in items]
-        images = host_transforms.random_resized_crops(data, rngs, self.size)
+        images = host_ops.random_resized_crops(data, rngs, self.size)
         flip = np.array([rng.random() < 0.5 for rng in rngs])
         images[flip] = images[flip, :, ::-1]
         return images
@@ -291,7 +291,7 @@ def profile(args: argparse.Namespace) -> None:
     stages = {
         'read_file': lambda i: _read(paths[i]),
         'decode_full': lambda i: full_decode(blobs[i]),
-        'jaxres_crop_one_by_one': lambda i: host_transforms.random_resized_crop(blobs[i], rng, args.size),
+        'jaxres_crop_one_by_one': lambda i: host_ops.random_resized_crop(blobs[i], rng, args.size),
         'torchvision_decode_crop_flip': lambda i: tv(Image.open(io.BytesIO(blobs[i])).convert('RGB')),
         'np_stack_batch': lambda i: np.stack([np.zeros((args.size, args.size, 3), np.uint8)] * args.batch_size),
     }
@@ -305,7 +305,7 @@ def profile(args: argparse.Namespace) -> None:
                           'calls_per_s_one_core': round(1 / per, 1)}), flush=True)
     # The batched call the streaming input makes (one TF call per batch and scale).
     n = args.batch_size
-    batched = lambda k: host_transforms.random_resized_crops(  # noqa: E731
+    batched = lambda k: host_ops.random_resized_crops(  # noqa: E731
         blobs[k:k + n], [np.random.default_rng([0, j]) for j in range(k, k + n)], args.size)
     batched(0)
     starts = range(0, len(blobs) - n + 1, n)

@@ -58,9 +58,10 @@ if __name__ == '__main__':  # before TensorFlow is imported, as launch.py
     from jaxres import console
     console.quiet_native_startup(os.environ, sys.argv)
 
-from jaxres import config_validation, datasets, metric_logging, preprocess  # noqa: E402
+from jaxres import config_validation, metric_logging  # noqa: E402
 from jaxres import main as jaxres_main  # noqa: E402
 from jaxres import sharding, train  # noqa: E402
+from jaxres.data import datasets, preprocess, resident  # noqa: E402
 from benchmarks.twin_table import agreement  # noqa: E402
 
 try:  # torch and torchvision are the bench extra; main() says how to install them
@@ -139,7 +140,9 @@ def initial_state(config: ml_collections.ConfigDict, ds: datasets.ImageDataset
 
 def epoch_orders(setup: train.TrainSetup) -> Callable[[int], np.ndarray]:
     """epoch -> jaxres's (steps_per_epoch, batch) example indices of that epoch."""
-    return lambda epoch: np.asarray(setup.epoch_order_fn(epoch * setup.steps_per_epoch))
+    return lambda epoch: np.asarray(resident.epoch_order(
+        setup.step_options.rngs.data, epoch, setup.num_train, setup.steps_per_epoch,
+        setup.config.batch_size))
 
 
 # --------------------------------------------------------------------------- #
@@ -454,7 +457,7 @@ def side_by_side(runs: list[dict]) -> list[dict]:
 def plot_twin(runs: list[dict], title: str, path: str) -> str:
     """Train loss, test loss, test accuracy and seconds per epoch against epoch:
     jaxres blue, PyTorch orange, one line style per seed."""
-    from jaxres import plot  # pylint: disable=g-import-not-at-top  (the headless backend)
+    from jaxres.tools import plot  # pylint: disable=g-import-not-at-top  (the headless backend)
     panels = (('train_loss', 'train loss'), ('test_loss', 'test loss'),
               ('test_accuracy', 'test accuracy'), (None, 'seconds per epoch (train + eval)'))
     styles = ('-', '--', ':', '-.')

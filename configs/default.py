@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     # prepare_data, or computed from a resident training set).
     c.data.mean = ()
     c.data.std = ()
-    # Preprocessing specs (jaxres/preprocess.py): ops joined by '|', in order.
+    # Preprocessing specs (jaxres/data/preprocess.py): ops joined by '|', in order.
     # Before normalize, on uint8 pixels: crop(padding, mode='constant'|'reflect'),
     # flip_lr(mode='random'|'alternate' (airbench: each image flipped in every
     # other epoch)), flip_ud, affine(rotation=deg, width_shift=frac,
@@ -203,7 +203,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.init_from = ''
 
     # CPU speed tricks, each 'auto' = on where it helps (the CPU), off on GPU/TPU;
-    # none changes the model or its checkpoints (jaxres/backend.py has the table).
+    # none changes the model or its checkpoints (jaxres/cpu/backend.py has the table).
     c.backend = ml_collections.ConfigDict()
     # Convolutions: 'xla' (lax.conv), 'im2col' (patches x one matrix product),
     # 'winograd' (im2col, but 3x3 stride-1 convs by Winograd F(2x2, 3x3)).

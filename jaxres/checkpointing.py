@@ -26,7 +26,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from jaxres import config_validation
 
 if TYPE_CHECKING:
-    from jaxres import datasets
+    from jaxres.data import datasets
 
 
 class CheckpointError(ValueError):

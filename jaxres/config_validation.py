@@ -7,7 +7,9 @@ from typing import Any
 
 import ml_collections
 
-from jaxres import backend, datasets, models, preprocess
+from jaxres import models
+from jaxres.cpu import backend
+from jaxres.data import datasets, preprocess
 
 
 class ConfigError(ValueError):

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxres import checkpointing, preprocess, sharding
+from jaxres import checkpointing, sharding
+from jaxres.data import preprocess
 
 Array = jax.Array
 

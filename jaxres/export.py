@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxres import checkpointing, config_validation, datasets, inference, safe_io
+from jaxres import checkpointing, config_validation, inference, safe_io
+from jaxres.data import datasets
 
 FORMATS = ('jax', 'onnx', 'savedmodel')
 FILES = {'jax': 'model.jaxexport', 'onnx': 'model.onnx', 'savedmodel': 'saved_model'}

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxres import backend, checkpointing, evaluate, models, preprocess, sharding
+from jaxres import checkpointing, evaluate, models, sharding
+from jaxres.cpu import backend
+from jaxres.data import datasets, preprocess
 
 Array = jax.Array
 
@@ -86,12 +88,12 @@ def load_for_inference(config: ml_collections.ConfigDict, workdir: str,
     choices = backend.Choices('portable') if portable else backend.choose(config)
     model = models.create_model(config.model, num_classes, dtype, choices.conv, choices.max_pool)
     shape = tuple(image_shape or meta.get('image_shape') or ())
-    if len(shape) != 3 or None in models.input_shape(shape, config.data.image_size):
+    if len(shape) != 3 or None in datasets.model_input_shape(shape, config.data.image_size):
         raise checkpointing.CheckpointError(
             f'the checkpoint records images of shape {shape or "(none)"}; give a fixed '
             '(H, W, C) or set config.data.image_size.')
     variables = check_variables(model, restored,
-                                models.input_shape(shape, config.data.image_size))
+                                datasets.model_input_shape(shape, config.data.image_size))
     return Inference(model, variables, preprocess.Preprocess.from_config(config, purpose), dtype,
                      bool(config.eval.tta), bool(config.eval.tta_translate), meta, int(step),
                      f'{manager.directory}/{step}')

@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxres import checkpointing, config_validation, console, datasets, inference
-from jaxres import input_pipeline, preemption, safe_io, sharding, streaming, summary, train
+from jaxres import checkpointing, config_validation, console, inference, preemption, safe_io
+from jaxres import sharding, train
+from jaxres.data import datasets, inputs
+from jaxres.tools import summary
 
 # Config keys that moved, for a clear message to a user of an older command line.
 MOVED_KEYS = {'model.conv_impl': 'backend.conv'}
@@ -63,7 +65,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                 config.validation_size = 0
     inference.checkpoint_meta(config, workdir)  # none there: say so before reading data
     mesh = sharding.make_data_mesh()
-    batches, class_names, image_shape, split = eval_batches(config, mesh)
+    batches, class_names, image_shape, split = inputs.eval_batches(config, mesh)
     restored = inference.load_for_inference(config, workdir, image_shape, mesh=mesh)
     evaluator = restored.evaluator(mesh, class_names)
     results = dict(evaluator.evaluate(restored.variables, batches), step=restored.step,
@@ -72,32 +74,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         os.makedirs(workdir, exist_ok=True)
         safe_io.write_json(os.path.join(workdir, 'eval_results.json'), results)
     return results
-
-
-def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                 ) -> tuple[Iterator[dict], tuple[str, ...], tuple, str]:
-    """(global eval batches, class names, stored image shape, split name), reading the
-    eval split only: streamed from ArrayRecord files, else placed whole."""
-    builder = None
-    if config.validation_size <= 0 and config.dataset not in ('digits', 'synthetic'):
-        try:
-            builder = datasets.tfds_builder(config)
-        except datasets.DataError:
-            pass  # load_dataset says why (or knows arrays a library user registered)
-    if builder is None:  # in memory, or the held-out part of a training set
-        ds = datasets.load_dataset(config)
-        split = 'validation' if config.validation_size > 0 else config.eval_split
-        batches = input_pipeline.place_eval_batches(ds.eval_images, ds.eval_labels, mesh,
-                                                    config.eval_batch_size)
-        return input_pipeline.unstack_batches(*batches), ds.class_names, ds.image_shape, split
-    info = datasets.describe(config)
-    if builder.info.file_format.value == 'array_record':
-        source = datasets.open_sources(config, info)[1]
-        return (streaming.eval_batches(config, info, mesh, source), info.class_names,
-                info.image_shape, info.eval_split)
-    images, labels = datasets.read_split(builder, config.dataset, info.eval_split)
-    batches = input_pipeline.place_eval_batches(images, labels, mesh, config.eval_batch_size)
-    return input_pipeline.unstack_batches(*batches), info.class_names, info.image_shape, info.eval_split
 
 
 def summarize(config: ml_collections.ConfigDict) -> str:
@@ -227,7 +203,7 @@ def _print_closing_summary(results: dict, workdir: str, next_hint: str) -> None:
     """Where everything of the run is, its plots, and what to run next."""
     if jax.process_index() != 0:
         return
-    from jaxres import plot  # pylint: disable=g-import-not-at-top
+    from jaxres.tools import plot  # pylint: disable=g-import-not-at-top
     d = os.path.abspath(workdir)
     try:
         plots = plot.plot_workdir(d)

@@ -23,6 +23,10 @@ def epoch_decay_schedule(lr: float, rate: float, every_epochs: int, steps_per_ep
 
     PyTorch StepLR (every_epochs=N) and ExponentialLR (every_epochs=1) stepped once
     per epoch; Keras ``LearningRateScheduler(lambda e: lr * rate**e)`` likewise.
+    Integer epochs, not ``optax.exponential_decay(staircase=True)``: that floors a
+    float quotient, which XLA computes as a product with the reciprocal, so on some
+    epoch boundaries the decay comes a step late (every=2, 97 steps an epoch,
+    offset 1: steps 97, 291, 679, ... keep the previous rate).
     """
 
     def schedule(step):

@@ -1,9 +1,9 @@
-"""Train state, the pure train step, the step functions built from a config, and
-the training loop.
+"""The run's recipe (``TrainSetup``: model, optimizer, inputs, evaluator, built once
+from the config and data) and the training loop.
 
-``train_step(state, batch) -> (state, metrics)`` is a plain function; jit,
-shardings and buffer donation are applied in ``TrainSetup`` where it is used.
-The loop, ``train_and_evaluate``, asks its input (``input_pipeline.ResidentInput``
+The step itself is ``step.py``'s: a pure ``train_step(state, batch) -> (state,
+metrics)``, jitted once by ``step.jit_step`` around the input's ``batch``.
+The loop, ``train_and_evaluate``, asks its input (``resident.ResidentInput``
 or ``streaming.StreamingInput``) for each step's arguments and evaluation
 batches; evaluation is ``evaluate.Evaluator``'s, and ``Cadence`` decides when it
 logs, evaluates and checkpoints.  It runs under ``jax.transfer_guard('disallow')``:
@@ -31,155 +31,19 @@ import optax
 from clu import metrics as clu_metrics
 import flax.linen as nn
 from flax import traverse_util
-from flax.training import train_state
 
-from jaxres import backend, checkpointing, config_validation, datasets, evaluate
-from jaxres import input_pipeline, metric_logging, models, optim, preemption, preprocess
-from jaxres import safe_io, sharding, streaming
+from jaxres import checkpointing, config_validation, evaluate, metric_logging, models, optim
+from jaxres import preemption, safe_io, sharding
+from jaxres.cpu import backend
+from jaxres.data import datasets, preprocess, resident, streaming
+from jaxres.data.inputs import Input
+from jaxres.step import RngStreams, StepOptions, TrainState, evaluated_variables, jit_step
 
 Array = jax.Array
-# What the loop reads its steps' arguments and eval batches from.
-TrainInput = input_pipeline.ResidentInput | streaming.StreamingInput
-
-
-class TrainState(train_state.TrainState):
-    """Flax TrainState plus BatchNorm running statistics."""
-
-    batch_stats: Any = None
-    # EMA of {'params', 'batch_stats'} for optimizer.lookahead_every > 0, else None.
-    lookahead: Any = None
-    # EMA of {'params', 'batch_stats'} for optimizer.ema_decay > 0 (evaluated and
-    # saved beside the live weights; training never reads it), else None.
-    ema: Any = None
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss; the message names the step and checkpoint."""
-
-
-# --------------------------------------------------------------------------- #
-# Pure functions
-# --------------------------------------------------------------------------- #
-def batch_loss(logits: Array, batch: dict[str, Array], label_smoothing: float = 0.0
-               ) -> Array:
-    """Mean cross-entropy of a training batch; a mixed batch (mixup/CutMix) scores
-    each example against both its labels, weighted by ``mix_weight``."""
-    loss = evaluate.cross_entropy(logits, batch['label'], label_smoothing)
-    if 'mixed_label' in batch:
-        weight = batch['mix_weight']
-        loss = weight * loss + (1 - weight) * evaluate.cross_entropy(
-            logits, batch['mixed_label'], label_smoothing)
-    return loss.mean()
-
-
-def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array,
-               label_smoothing: float = 0.0, l2_weight: float = 0.0,
-               skip_nonfinite: bool = False, frozen: Callable[[Any], Any] | None = None,
-               accum_steps: int = 1) -> tuple[TrainState, dict[str, Array]]:
-    """One SGD step on a global batch; returns the new state and scalar metrics.
-
-    ``frozen`` (params -> bool tree, e.g. ``optim.path_mask``) marks parameters
-    whose gradient is not computed: they enter the loss through ``stop_gradient``,
-    so XLA also drops the backward pass into layers below them that have no
-    trainable parameters (with the whole 'whiten' stem frozen, the first conv's
-    input gradient and the stem's backward).  Their updates are zero.
-
-    With ``accum_steps`` = k > 1 the batch runs as k sequential micro-batches
-    (``lax.scan``); their gradients are averaged into one update and the
-    BatchNorm statistics (each micro-batch's own) are threaded through them.
-
-    With ``skip_nonfinite`` a step whose loss or gradients are not finite leaves
-    params, BN statistics and optimizer state unchanged (only the step advances,
-    so the data order stays that of the uninterrupted run) and counts as skipped.
-    """
-    key = jax.random.fold_in(dropout_key, state.step)
-
-    def loss_fn(params, batch_stats, micro, key):
-        if frozen is not None:
-            params = jax.tree_util.tree_map(
-                lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen(params))
-        logits, updates = state.apply_fn(
-            {'params': params, 'batch_stats': batch_stats}, micro['image'], train=True,
-            mutable=['batch_stats'], rngs={'dropout': key})
-        loss = batch_loss(logits, micro, label_smoothing)
-        total = loss + l2_weight * optim.l2_loss(params) if l2_weight else loss
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == micro['label'])
-        return total, (loss, accuracy, updates['batch_stats'])
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-    if accum_steps == 1:
-        grads, (loss, accuracy, batch_stats) = grad_fn(state.params, state.batch_stats,
-                                                       batch, key)
-    else:
-        # Micro-batch i holds examples i, i + k, i + 2k, ...: a reshape that keeps
-        # every device's examples on that device (the batch axis stays sharded).
-        micro = jax.tree_util.tree_map(
-            lambda x: jnp.swapaxes(x.reshape(-1, accum_steps, *x.shape[1:]), 0, 1), batch)
-
-        def accumulate(carry, xs):
-            grads, batch_stats = carry
-            i, micro_batch = xs
-            g, (loss, accuracy, batch_stats) = grad_fn(state.params, batch_stats, micro_batch,
-                                                       jax.random.fold_in(key, i))
-            return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (loss, accuracy)
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        (grads, batch_stats), (losses, accuracies) = jax.lax.scan(
-            accumulate, (zeros, state.batch_stats), (jnp.arange(accum_steps), micro))
-        grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
-        loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {'loss': loss, 'accuracy': accuracy}
-    if skip_nonfinite:
-        ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-        kept = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-        new_state = kept.replace(step=new_state.step)
-        metrics = {'loss': jnp.where(ok, loss, 0.0), 'accuracy': metrics['accuracy'],
-                   'skipped': (~ok).astype(jnp.int32)}
-    return new_state, metrics
-
-
-def lookahead_update(state: TrainState, *, every: int, decay: float, total_steps: int
-                     ) -> TrainState:
-    """airbench's lookahead, applied after an optimizer step (``state.step`` counted).
-
-    Every ``every`` steps the EMA moves towards the live weights and BN statistics
-    by ``1 - decay**every * t**3`` (t = step / total_steps: no averaging early,
-    more towards the end) and the live ones are reset to it; at ``total_steps``
-    the EMA itself becomes the model.
-    """
-    step = jnp.asarray(state.step)
-    last = step >= total_steps
-    t = jnp.minimum(step.astype(jnp.float32) / total_steps, 1.0)
-    d = jnp.where(last, 1.0, decay ** every * t ** 3)
-    sync = (step % every == 0) | last
-    live = {'params': state.params, 'batch_stats': state.batch_stats}
-    ema = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e + (1 - d) * (x - e), e),
-                                 state.lookahead, live)
-    live = jax.tree_util.tree_map(lambda e, x: jnp.where(sync, e, x), ema, live)
-    return state.replace(params=live['params'], batch_stats=live['batch_stats'],
-                         lookahead=ema)
-
-
-def ema_update(state: TrainState, decay: float) -> TrainState:
-    """Moves ``state.ema`` towards the live weights and BN statistics:
-    ``ema = decay * ema + (1 - decay) * live``, after each optimizer step.
-
-    Unlike the lookahead, the live weights are left alone: the EMA is a second
-    model that evaluation and checkpoints can use (``eval.ema``).
-    """
-    live = {'params': state.params, 'batch_stats': state.batch_stats}
-    ema = jax.tree_util.tree_map(lambda e, x: e + (1 - decay) * (x - e), state.ema, live)
-    return state.replace(ema=ema)
-
-
-def evaluated_variables(state: TrainState, use_ema: bool) -> dict[str, Any]:
-    """The ``{'params', 'batch_stats'}`` evaluation uses: the EMA's when the run
-    keeps one and ``use_ema``, else the live ones."""
-    if use_ema and state.ema is not None:
-        return state.ema
-    return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 # Training metrics averaged over the steps between two log events (built with
@@ -211,7 +75,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
     ``data_params`` (a params subtree, e.g. airbench's whitening kernel computed
     from training images) replaces those leaves of the random init.
     """
-    variables = model.init({'params': jax.random.key(config.seed)},
+    variables = model.init({'params': RngStreams(config.seed).init},
                            jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
     params = variables['params']
     if data_params:
@@ -225,12 +89,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
         ema=variables if config.optimizer.ema_decay > 0 else None)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainSetup:
-    """What one run is made of, built once from the config and the data set: the
-    model, optimizer, mesh, preprocessing specs and step counts, and the initial state,
-    jitted step functions and evaluator made from them.  The loop that trains
-    with them is ``train_and_evaluate``."""
+    """The run's recipe, built once from the config and the data set: the model,
+    optimizer, mesh, preprocessing specs, step counts and the step's options, and
+    the initial state, inputs, jitted step and evaluator made from them.  The loop
+    that trains with them is ``train_and_evaluate``."""
 
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
@@ -246,6 +110,7 @@ class TrainSetup:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     choices: backend.Choices
+    step_options: StepOptions
     data_params: dict[str, Any] | None = None  # initial weights computed from data
 
     @classmethod
@@ -291,6 +156,7 @@ class TrainSetup:
                    num_train=info.num_train,
                    steps_per_epoch=steps_per_epoch, total_steps=total,
                    schedule_steps=schedule_steps, class_names=info.class_names,
+                   step_options=StepOptions.from_config(config, schedule_steps),
                    image_shape=info.model_image_shape(config.data.image_size))
 
     # -- state -------------------------------------------------------------- #
@@ -306,96 +172,30 @@ class TrainSetup:
             self.data_params))
         return checkpointing.abstract_like(shapes, sharding.replicated(self.mesh))
 
-    # -- the step, per input kind -------------------------------------------- #
-    @functools.cached_property
-    def epoch_order_fn(self) -> Callable[[Array], Array]:
-        """state.step -> this epoch's (steps_per_epoch, batch) order, on device."""
-        config = self.config
+    # -- its inputs ---------------------------------------------------------- #
+    def resident_input(self, data: resident.DeviceData) -> resident.ResidentInput:
+        """The resident data set (``resident.to_device``) as this run's input."""
+        return resident.ResidentInput(
+            data, pipeline=self.train_pp, rngs=self.step_options.rngs,
+            steps_per_epoch=self.steps_per_epoch, batch_size=self.config.batch_size,
+            mesh=self.mesh, dtype=models.compute_dtype(self.config.dtype))
 
-        def order(step):
-            data_key = jax.random.key(config.seed + 1)
-            return input_pipeline.epoch_order(data_key, step // self.steps_per_epoch,
-                                              self.num_train, self.steps_per_epoch,
-                                              config.batch_size)
+    def streaming_input(self, info: datasets.DataInfo, num_steps: int,
+                        ds: datasets.ImageDataset | None = None) -> streaming.StreamingInput:
+        """grain's stream of the data set (``ds``: arrays in memory) as this run's input."""
+        return streaming.StreamingInput(self.config, info, self.mesh, self.steps_per_epoch,
+                                        num_steps, ds, batch=self.read_batch_ops())
 
-        return jax.jit(order, out_shardings=sharding.replicated(self.mesh))
+    def read_batch_ops(self) -> streaming.ReadBatchOps:
+        """What the streaming input's ``batch`` does to a read batch inside the step."""
+        return streaming.ReadBatchOps(self.train_pp, self.step_options.rngs,
+                                      self.steps_per_epoch,
+                                      models.compute_dtype(self.config.dtype))
 
-    def resident_step(self, state: TrainState, data: input_pipeline.DeviceData,
-                      order: Array) -> tuple[TrainState, dict[str, Array]]:
-        """Resident input: gather + augment this step's global batch, then ``update``."""
-        config = self.config
-        batch = input_pipeline.train_batch(
-            data, order, state.step, state.step // self.steps_per_epoch,
-            jax.random.key(config.seed + 1), self.train_pp,
-            models.compute_dtype(config.dtype), sharding.batch_sharded(self.mesh))
-        return self.update(state, batch)
-
-    def streamed_step(self, state: TrainState, batch: dict[str, Array]
-                      ) -> tuple[TrainState, dict[str, Array]]:
-        """Streaming input: augment a read uint8 batch (the ops left for jit), ``update``."""
-        config = self.config
-        position = state.step % self.steps_per_epoch
-        batch = preprocess.augment_batch(
-            batch['image'], batch['label'], batch['index'], position,
-            state.step // self.steps_per_epoch, jax.random.key(config.seed + 1),
-            streaming.jit_pipeline(self.train_pp), models.compute_dtype(config.dtype))
-        return self.update(state, batch)
-
-    def update(self, state: TrainState, batch: dict[str, Array]
-               ) -> tuple[TrainState, dict[str, Array]]:
-        """``train_step`` with the config's options, then the lookahead and the EMA."""
-        config = self.config
-        batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharded(self.mesh))
-        optimizer = config.optimizer
-        l2 = optimizer.weight_decay if optimizer.weight_decay_mode == 'loss' else 0.0
-        state, metrics = train_step(state, batch, dropout_key=jax.random.key(config.seed + 2),
-                                    label_smoothing=config.label_smoothing, l2_weight=l2,
-                                    skip_nonfinite=config.nonfinite == 'skip',
-                                    frozen=optim.frozen_mask(config),
-                                    accum_steps=config.grad_accum_steps)
-        if optimizer.lookahead_every > 0:
-            state = lookahead_update(state, every=optimizer.lookahead_every,
-                                     decay=optimizer.lookahead_decay,
-                                     total_steps=self.schedule_steps)
-        if optimizer.ema_decay > 0:
-            state = ema_update(state, optimizer.ema_decay)
-        return state, metrics
-
-    def step_fn(self, kind: str, steps: int = 1) -> Callable:
-        """The jitted step for the input ``kind``: ``fn(state, *input.step_args(...))``."""
-        if kind == 'streaming':
-            return self.streamed_step_fn
-        return self.multi_step_fn if steps > 1 else self.train_step_fn
-
-    @functools.cached_property
-    def streamed_step_fn(self) -> Callable:
-        """The jitted streaming step (state donated)."""
-        replicated = sharding.replicated(self.mesh)
-        return jax.jit(self.streamed_step, donate_argnums=0,
-                       out_shardings=(replicated, replicated))
-
-    @functools.cached_property
-    def train_step_fn(self) -> Callable:
-        """The jitted resident step; the state is donated, so its buffers are reused."""
-        replicated = sharding.replicated(self.mesh)
-        return jax.jit(self.resident_step, donate_argnums=0,
-                       out_shardings=(replicated, replicated))
-
-    @functools.cached_property
-    def multi_step_fn(self) -> Callable:
-        """``config.steps_per_dispatch`` resident steps in one dispatch (``lax.scan``).
-
-        The same ``resident_step`` as the single step, so the result is
-        identical to K single steps; only the per-step dispatch cost goes away.
-        """
-        steps = self.config.steps_per_dispatch
-
-        def many(state, data, order):
-            return jax.lax.scan(lambda s, _: self.resident_step(s, data, order), state,
-                                length=steps)
-
-        replicated = sharding.replicated(self.mesh)
-        return jax.jit(many, donate_argnums=0, out_shardings=(replicated, replicated))
+    def step_fn(self, batch_fn: Callable[..., dict[str, Array]], steps: int = 1) -> Callable:
+        """The jitted step around an input's ``batch`` (``step.jit_step``):
+        ``fn(state, *train_input.step_args(...))``; build it once and reuse it."""
+        return jit_step(batch_fn, self.step_options, self.mesh, steps)
 
     # -- evaluation ----------------------------------------------------------- #
     @functools.cached_property
@@ -406,11 +206,11 @@ class TrainSetup:
             tta_translate=bool(self.config.eval.tta_translate), class_names=self.class_names)
 
     def evaluate(self, state: TrainState,
-                 batches: input_pipeline.DeviceData | Iterable[dict[str, Array]]
+                 batches: resident.DeviceData | Iterable[dict[str, Array]]
                  ) -> dict[str, Any]:
         """``evaluate.Evaluator`` over the resident eval set or any batch iterator."""
-        if isinstance(batches, input_pipeline.DeviceData):
-            batches = input_pipeline.eval_batches(batches)
+        if isinstance(batches, resident.DeviceData):
+            batches = resident.eval_batches(batches)
         return self.evaluator.evaluate(evaluated_variables(state, self.config.eval.ema),
                                        batches)
 
@@ -549,7 +349,7 @@ class CheckpointSaver:
     """The run's checkpoint saves: state, meta (with the eval metrics) and, when
     streaming, the data position; and the time since the last one."""
 
-    def __init__(self, manager: Any, train_input: TrainInput, meta: dict[str, Any]):
+    def __init__(self, manager: Any, train_input: Input, meta: dict[str, Any]):
         self.manager, self.train_input, self.meta = manager, train_input, meta
         self._saved_at = time.time()
 
@@ -591,6 +391,13 @@ def _make_workdir(workdir: str) -> str:
     return workdir
 
 
+def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo
+                ) -> np.ndarray | None:
+    """The streamed training images the model computes initial weights from, if any."""
+    count = models.data_init_size(models.create_model(config.model, info.num_classes))
+    return streaming.stem_sample(config, info, count)
+
+
 def _setup_for_data(config: ml_collections.ConfigDict, ds: datasets.ImageDataset | None
                     ) -> tuple[TrainSetup, datasets.DataInfo, datasets.ImageDataset | None, str]:
     """The data set's facts, the input kind (read into memory only when resident)
@@ -601,20 +408,18 @@ def _setup_for_data(config: ml_collections.ConfigDict, ds: datasets.ImageDataset
     if input_kind == 'resident' and ds is None:
         ds = datasets.load_dataset(config)
     setup = TrainSetup.build(config, ds if ds is not None else info, mesh,
-                             sample_images=None if ds is not None else
-                             streaming.stem_sample(config, info))
+                             sample_images=None if ds is not None else stem_sample(config, info))
     return setup, info, ds, input_kind
 
 
 def open_input(setup: TrainSetup, ds: datasets.ImageDataset | None, info: datasets.DataInfo,
-               kind: str) -> TrainInput:
+               kind: str) -> Input:
     """The run's input: the resident data set on the devices, or grain's stream."""
     if kind == 'resident':
-        data = input_pipeline.to_device(ds, setup.mesh, setup.config.eval_batch_size,
-                                        setup.train_pp, packed=setup.choices.packed_pixels)
-        return input_pipeline.ResidentInput(data, setup.epoch_order_fn, setup.steps_per_epoch)
-    return streaming.StreamingInput(setup.config, info, setup.mesh, setup.steps_per_epoch,
-                                    setup.total_steps, ds)
+        return setup.resident_input(resident.to_device(
+            ds, setup.mesh, setup.config.eval_batch_size, setup.train_pp,
+            packed=setup.choices.packed_pixels))
+    return setup.streaming_input(info, setup.total_steps, ds)
 
 
 def _restore_or_init(setup: TrainSetup, manager: Any, info: datasets.DataInfo
@@ -636,7 +441,7 @@ def _restore_or_init(setup: TrainSetup, manager: Any, info: datasets.DataInfo
     return 0, state
 
 
-def _evaluate(setup: TrainSetup, state: TrainState, train_input: TrainInput) -> dict[str, Any]:
+def _evaluate(setup: TrainSetup, state: TrainState, train_input: Input) -> dict[str, Any]:
     with jax.transfer_guard('allow'):  # streamed eval batches are placed from the host
         return setup.evaluate(state, train_input.eval_batches(setup.config.eval_batch_size))
 
@@ -685,20 +490,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_input = open_input(setup, ds, info, input_kind)
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), config)
     step, state = _restore_or_init(setup, manager, info)
-    train_input.start_at(step, manager)
+    train_input.start_at(step, functools.partial(checkpointing.restore_data_iterator, manager,
+                                                 step))
 
     writer = metric_logging.create_writer(workdir)
     cadence = Cadence.from_config(config, setup.steps_per_epoch, setup.total_steps)
     metrics_log = TrainMetricsLog(setup, writer, cadence, manager, step)
     checkpoints = CheckpointSaver(manager, train_input, checkpoint_meta(setup, info, input_kind))
     most_per_dispatch = max(1, config.steps_per_dispatch) if train_input.multi_step else 1
+    step_fns = {}  # steps per dispatch -> the jitted step, built once each
     first_step, eval_results = step, None
     with (preemption.StopSignal(multi_process=jax.process_count() > 1) as stop,
           jax.transfer_guard('disallow'), contextlib.closing(train_input)):
         while step < setup.total_steps:
             steps_run = cadence.dispatch_size(step, most_per_dispatch)
-            step_fn = setup.step_fn(train_input.kind, steps_run)
-            state, metrics = step_fn(state, *train_input.step_args(step, state))
+            if steps_run not in step_fns:
+                step_fns[steps_run] = setup.step_fn(train_input.batch, steps_run)
+            state, metrics = step_fns[steps_run](state, *train_input.step_args(step, state))
             step += steps_run
             metrics_log.add(metrics)
             due = cadence.due(step, checkpoints.minutes_since_save())

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import default  # noqa: E402
-from jaxres import datasets  # noqa: E402
+from jaxres.data import datasets  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10-jpeg.tar.gz')
 

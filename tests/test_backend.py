@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from jaxres import backend, checkpointing, config_validation, host_memory
+from jaxres import checkpointing, config_validation
+from jaxres.cpu import backend, host_memory
 
 from conftest import tiny_config
 

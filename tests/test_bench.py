@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxres import bench
+from jaxres.tools import bench
 
 from conftest import ROOT, tiny_config
 
@@ -71,12 +71,13 @@ def test_flops_do_not_depend_on_the_conv_lowering():
         config = tiny_config()
         config.backend.conv = impl
         config = bench.bench_config(config, batch_size=16, steps=2)
-        from jaxres import datasets, input_pipeline, sharding, train
+        from jaxres import sharding, train
+        from jaxres.data import datasets, resident
         syn = config.synthetic
         ds = datasets.load_synthetic(syn.num_train, syn.num_eval, syn.image_size, syn.num_classes)
         mesh = sharding.make_data_mesh()
         setup = train.TrainSetup.build(config, ds, mesh)
         state = setup.init_state()
-        flops[impl] = bench.model_flops_per_step(
-            setup, state, input_pipeline.to_device(ds, mesh, 16), setup.epoch_order_fn(state.step))
+        feed = setup.resident_input(resident.to_device(ds, mesh, 16))
+        flops[impl] = bench.model_flops_per_step(setup, feed, state, feed.order_fn(state.step))
     assert flops['xla'] > 0 and flops['xla'] == flops['im2col']

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from jaxres import datasets, main
+from jaxres import main
+from jaxres.data import datasets
 
 from conftest import ROOT, tiny_width
 from test_device_counts import CONFIGS

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxres import conv, models
+from jaxres import models
+from jaxres.cpu import conv
 
 from conftest import tiny_config
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxres import config_validation, datasets
+from jaxres import config_validation
+from jaxres.data import datasets
 
 
 def _class_ordered(n_per_class=10, classes=3):

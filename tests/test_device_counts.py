@@ -34,7 +34,8 @@ import pytest
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxres import datasets, input_pipeline, sharding, streaming, train  # noqa: E402
+from jaxres import sharding, train  # noqa: E402
+from jaxres.data import datasets, resident  # noqa: E402
 
 from conftest import tiny_width  # noqa: E402
 
@@ -68,16 +69,15 @@ def run_config(name: str, mesh: jax.sharding.Mesh) -> dict:
     ds = synthetic_for(config)
     setup = train.TrainSetup.build(config, ds, mesh)
     if config.input.kind == 'streaming':
-        feed = streaming.StreamingInput(setup.config, ds.info(), mesh,
-                                        setup.steps_per_epoch, 2, ds)
+        feed = setup.streaming_input(ds.info(), 2, ds)
     else:
-        data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
-                                        packed=setup.choices.packed_pixels)
-        feed = input_pipeline.ResidentInput(data, setup.epoch_order_fn,
-                                            setup.steps_per_epoch)
+        feed = setup.resident_input(resident.to_device(ds, mesh, config.eval_batch_size,
+                                                       setup.train_pp,
+                                                       packed=setup.choices.packed_pixels))
     state = setup.init_state()
+    step_fn = setup.step_fn(feed.batch)
     for step in range(2):
-        state, metrics = setup.step_fn(feed.kind)(state, *feed.step_args(step, state))
+        state, metrics = step_fn(state, *feed.step_args(step, state))
     results = setup.evaluate(state, feed.eval_batches(config.eval_batch_size))
     return {'loss': float(jax.device_get(metrics['loss'])), 'eval_count': results['num_examples'],
             'eval_loss': results['loss']}
@@ -89,7 +89,9 @@ def check(name: str, mesh: jax.sharding.Mesh) -> None:
     assert r['eval_count'] == NUM_EVAL, (name, r)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+# Every config trains on the suite's 8 devices in test_configs.py (main.run, resident);
+# here each family and input kind once more through the inputs directly, streaming included.
+@pytest.mark.parametrize('name', MATRIX_CONFIGS)
 def test_config_runs_on_8_devices(name):
     check(name, sharding.make_data_mesh())
 
@@ -106,8 +108,8 @@ def test_config_builds_and_splits_its_batches(name, devices):
     mesh = sharding.make_data_mesh(jax.devices()[:devices])
     ds = synthetic_for(config)
     setup = train.TrainSetup.build(config, ds, mesh)  # refuses a batch that does not split
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
-                                    packed=setup.choices.packed_pixels)
+    data = resident.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
+                              packed=setup.choices.packed_pixels)
     assert data.eval_mask.shape[1] % devices == 0
     assert int(np.sum(jax.device_get(data.eval_mask))) == NUM_EVAL
     assert (config.batch_size // config.grad_accum_steps) % devices == 0

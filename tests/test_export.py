@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxres import datasets, export, inference, main, models, predict, preprocess, train
+from jaxres import export, inference, main, models, predict, train
+from jaxres.data import datasets, preprocess
 
 from conftest import random_dataset, tiny_config, tiny_width
 from test_device_counts import CONFIGS
@@ -138,7 +139,7 @@ def test_every_config_exports_to_onnx_exactly(name, tmp_path):
     if not config.data.mean:  # from the data: any fixed statistics will do here
         config.data.mean, config.data.std = (0.5,) * 3, (0.25,) * 3
     num_classes, stored = datasets.KNOWN_SHAPES[config.dataset]
-    shape = models.input_shape(stored, config.data.image_size)
+    shape = datasets.model_input_shape(stored, config.data.image_size)
     model = models.create_model(config.model, num_classes)
     variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
     restored = inference.Inference(

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from jaxres import checkpointing, datasets, finetune, sharding, train
+from jaxres import checkpointing, finetune, sharding, train
+from jaxres.data import datasets
 
 from conftest import random_dataset, tiny_config
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from jaxres import host_memory
+from jaxres.cpu import host_memory
 
 
 def test_env_adds_the_tunable_once_and_keeps_others(monkeypatch):
@@ -26,7 +26,7 @@ def test_env_is_left_alone_without_transparent_hugepages(monkeypatch):
 def test_reexec_runs_the_same_command_with_the_tunable(tmp_path):
     script = tmp_path / 'entry.py'
     script.write_text('import os, sys\n'
-                      'from jaxres import host_memory\n'
+                      'from jaxres.cpu import host_memory\n'
                       'print("run", os.environ.get("GLIBC_TUNABLES"), flush=True)\n'
                       'host_memory.reexec_with_hugepages([sys.executable] + sys.argv)\n')
     env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'JAXRES_HUGEPAGES')}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxres import prepare_data
+from jaxres.data import prepare
 
 from conftest import ROOT
 
@@ -58,7 +58,7 @@ def test_one_epoch_on_a_prepared_tfds_dataset_then_eval(tmp_path):
                 img = np.clip(rng.normal(level, 30, (8, 8, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f'{i}.png')
     data_dir = str(tmp_path / 'tfds')
-    assert prepare_data.main(['--source', str(tmp_path / 'src'), '--data_dir', data_dir]) == 0
+    assert prepare.main(['--source', str(tmp_path / 'src'), '--data_dir', data_dir]) == 0
     workdir = str(tmp_path / 'run')
     common = ['--config', 'configs/quickstart.py', '--workdir', workdir, '--config.dataset=src',
               '--config.data_dir=' + data_dir, '--config.data.mean=(0.5,0.5,0.5)',

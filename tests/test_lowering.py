@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from jaxres import accelerators, backend, sharding
+from jaxres import sharding
+from jaxres.cpu import backend
+from jaxres.tools import accelerators
 
 from conftest import ROOT
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from jaxres import checkpointing, datasets, sharding, train
+from jaxres import checkpointing, sharding, train
+from jaxres.data import datasets
 
 from conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""python -m jaxres.plot writes PNGs; summary mode prints FLOPs per example."""
+"""python -m jaxres.tools.plot writes PNGs; summary mode prints FLOPs per example."""
 
 import json
 import os
@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxres import metric_logging, plot, summary
+from jaxres import metric_logging
+from jaxres.tools import plot, summary
 
 from conftest import ROOT, tiny_config
 
@@ -54,7 +55,7 @@ def test_series_keeps_the_last_record_per_step(tmp_path):
 
 def test_plot_command_writes_non_empty_pngs(tmp_path):
     _fake_workdir(tmp_path)
-    out = subprocess.run([sys.executable, '-m', 'jaxres.plot', str(tmp_path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, '-m', 'jaxres.tools.plot', str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     paths = out.stdout.split()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxres import checkpointing, main, models, predict, preprocess, sharding, train
+from jaxres import checkpointing, main, models, predict, sharding, train
+from jaxres.data import DataError, image_io, preprocess
 
 from conftest import random_dataset, tiny_config
 
@@ -85,7 +86,7 @@ def test_image_folder_in_sorted_path_order(trained, tmp_path):
         order.append((f'{sub.name}/{i:03d}.png', i))
     (folder / 'notes.txt').write_text('not an image: ignored')
     expected_rows = [i for _, i in sorted(order)]
-    assert predict.image_files(str(folder)) == [p for p, _ in sorted(order)]
+    assert image_io.image_files(str(folder)) == [p for p, _ in sorted(order)]
 
     np.save(tmp_path / 'x.npy', ds.eval_images)
     predict.predict_to_file(_config(tmp_path / 'x.npy', tmp_path / 'ref.npy'), workdir)
@@ -131,7 +132,7 @@ def test_pickle_that_would_run_code_is_refused(trained, tmp_path, capsys):
     src = tmp_path / 'batch.pkl'
     src.write_bytes(pickle.dumps({'data': _RunsCode(marker)}))
     out = tmp_path / 'p.npy'
-    with pytest.raises(predict.PredictError, match='refusing to load posix.system'):
+    with pytest.raises(image_io.ImageError, match='refusing to load posix.system'):
         predict.predict_to_file(_config(src, out), workdir)
     assert not marker.exists() and not out.exists()
     # Through the launcher: one 'error:' line, exit status 2.
@@ -144,7 +145,7 @@ def test_pickle_that_would_run_code_is_refused(trained, tmp_path, capsys):
     ('float', 'dtype float32; expected uint8'),
     ('gray', r'model was trained on \(8, 8, 3\)'),
     ('big', r'holds images of shape \(16, 16, 3\)'),
-    ('flat', r'shape \(5, 192\); expected \(N, H, W, C\)'),
+    ('flat', r'shape \(5, 192\); expected \(N, H, W\)'),
     ('text_npy', 'is not a readable .npy array'),
     ('text_pkl', 'is not a pickle batch'),
     ('list_pkl', 'holds no dict with a "data" entry'),
@@ -176,7 +177,9 @@ def test_bad_input_gets_one_error_and_writes_nothing(trained, tmp_path, kind, ma
         src.write_bytes(pickle.dumps({'data': np.zeros((5, 100), np.uint8)}))
     elif kind == 'empty_dir':
         src.mkdir()
-    with pytest.raises(predict.PredictError, match=match):
+    # Bad images are image_io's ImageError, a bad output path predict's PredictError: both
+    # DataErrors, which the launcher reports as one 'error:' line.
+    with pytest.raises(DataError, match=match):
         predict.predict_to_file(_config(src, out), workdir)
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxres import config_validation, datasets, input_pipeline, main, preprocess, sharding
+from jaxres.step import batch_loss
+from jaxres import config_validation, main, sharding
+from jaxres.data import datasets, preprocess, resident
 
 from conftest import ROOT, tiny_config
 
@@ -326,18 +328,18 @@ def test_cutmix_pastes_a_box_whose_area_sets_the_label_weight():
 
 
 def test_mixed_batch_loss_weights_both_labels():
-    from jaxres import evaluate, train
+    from jaxres import evaluate
     logits = jax.random.normal(jax.random.key(0), (6, 4))
     labels, partner = jnp.asarray([0, 1, 2, 3, 0, 1]), jnp.asarray([1, 2, 3, 0, 1, 2])
     weight = jnp.asarray([1.0, 0.0, 0.5, 0.25, 0.9, 0.1])
     batch = {'image': None, 'label': labels, 'mixed_label': partner, 'mix_weight': weight}
     ce = lambda y: evaluate.cross_entropy(logits, y, 0.1)
     want = jnp.mean(weight * ce(labels) + (1 - weight) * ce(partner))
-    np.testing.assert_allclose(train.batch_loss(logits, batch, 0.1), want, rtol=1e-6)
+    np.testing.assert_allclose(batch_loss(logits, batch, 0.1), want, rtol=1e-6)
     # The loss is the cross-entropy against the mixed (soft) target.
     soft = weight[:, None] * jax.nn.one_hot(labels, 4) + (1 - weight[:, None]) * jax.nn.one_hot(
         partner, 4)
-    np.testing.assert_allclose(train.batch_loss(logits, batch),
+    np.testing.assert_allclose(batch_loss(logits, batch),
                                jnp.mean(-(soft * jax.nn.log_softmax(logits)).sum(-1)), rtol=1e-5)
 
 
@@ -379,11 +381,11 @@ def test_configs_keep_their_exact_batches(name):
     x, y = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 64)
     ds = datasets.ImageDataset.from_arrays(x, y, x[:16], y[:16])
     mesh = sharding.make_data_mesh(jax.devices()[:1])
-    order = input_pipeline.epoch_order(jax.random.key(3), 1, 64, 2, 32)
+    order = resident.epoch_order(jax.random.key(3), 1, 64, 2, 32)
     got = {}
     for path, packed in (('packed', True), ('uint8', False)):
-        data = input_pipeline.to_device(ds, mesh, 8, pipeline, packed=packed)
-        got[path] = _digest(jax.jit(lambda d, o: input_pipeline.train_batch(
+        data = resident.to_device(ds, mesh, 8, pipeline, packed=packed)
+        got[path] = _digest(jax.jit(lambda d, o: resident.train_batch(
             d, o, jnp.int32(1), jnp.int32(1), jax.random.key(3), pipeline))(data, order))
     assert got == RECORDED[name]
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxres import input_pipeline, sharding, train
+from jaxres import sharding, train
+from jaxres.data import resident
 
 from conftest import random_dataset, tiny_config
 
@@ -16,14 +17,15 @@ from conftest import random_dataset, tiny_config
 def _run_steps(config, ds, devices, steps):
     mesh = sharding.make_data_mesh(devices)
     setup = train.TrainSetup.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    feed = setup.resident_input(resident.to_device(ds, mesh, config.eval_batch_size))
+    step_fn = setup.step_fn(feed.batch)
     state = setup.init_state()
     losses = []
     with jax.transfer_guard('disallow'):
-        for _ in range(steps):
-            state, metrics = setup.train_step_fn(state, data, setup.epoch_order_fn(state.step))
+        for step in range(steps):
+            state, metrics = step_fn(state, *feed.step_args(step, state))
             losses.append(metrics['loss'])
-    return setup, data, state, [float(l) for l in jax.device_get(losses)]
+    return setup, feed.data, state, [float(l) for l in jax.device_get(losses)]
 
 
 def test_8_devices_match_1_device():
@@ -44,10 +46,9 @@ def test_compiled_step_has_combined_all_reduce_and_no_host_callbacks():
     config = tiny_config()
     mesh = sharding.make_data_mesh()
     setup = train.TrainSetup.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
+    feed = setup.resident_input(resident.to_device(ds, mesh, config.eval_batch_size))
     state = setup.init_state()
-    hlo = setup.train_step_fn.lower(state, data, setup.epoch_order_fn(state.step)
-                                      ).compile().as_text()
+    hlo = setup.step_fn(feed.batch).lower(state, *feed.step_args(0, state)).compile().as_text()
     all_reduces = [l for l in hlo.splitlines() if re.search(r'\ball-reduce(-start)?\(', l)]
     num_params = len(jax.tree_util.tree_leaves(state.params))
     assert all_reduces, 'no cross-device reduction: gradients are not averaged'
@@ -99,6 +100,6 @@ def test_state_restores_onto_a_different_device_count(tmp_path):
     setup1 = train.TrainSetup.build(config, ds, mesh1)
     state1 = checkpointing.restore_state(manager, 2, setup1.abstract_state())
     assert state1.params['head']['kernel'].sharding.device_set == {jax.devices()[0]}
-    data1 = input_pipeline.to_device(ds, mesh1, config.eval_batch_size)
+    data1 = resident.to_device(ds, mesh1, config.eval_batch_size)
     r1, r8 = setup1.evaluate(state1, data1), setup8.evaluate(state8, data8)
     assert r1['accuracy'] == r8['accuracy'] and r1['loss'] == pytest.approx(r8['loss'], rel=1e-5)

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 
 from configs import cifar10_speedrun, cifar10_speedrun_sgd
-from jaxres import datasets, preprocess, sharding, train
+from jaxres import sharding, train
+from jaxres.data import datasets, preprocess
 
 
 def _cifar_shaped_random(n_train=2048):
@@ -48,7 +49,8 @@ def test_speedrun_config_trains_and_evaluates(tmp_path, monkeypatch):
 
 
 def test_whitening_stem_is_computed_from_the_data_and_stays_frozen():
-    from jaxres import input_pipeline, models, sharding
+    from jaxres import models, sharding
+    from jaxres.data import resident
     rng = np.random.default_rng(1)
     ds = datasets.ImageDataset.from_arrays(
         rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 256),
@@ -61,8 +63,8 @@ def test_whitening_stem_is_computed_from_the_data_and_stays_frozen():
     want = models.whitening_kernel(sample, 2)
     kernel = np.asarray(state.params['stem']['conv']['kernel'])  # the step donates the state
     np.testing.assert_allclose(kernel, want, rtol=1e-5, atol=1e-5)
-    data = input_pipeline.to_device(ds, setup.mesh, 64)
+    feed = setup.resident_input(resident.to_device(ds, setup.mesh, 64))
     bias_before = np.asarray(state.params['stem']['conv']['bias'])
-    state, _ = setup.train_step_fn(state, data, setup.epoch_order_fn(state.step))
+    state, _ = setup.step_fn(feed.batch)(state, *feed.step_args(0, state))
     np.testing.assert_array_equal(state.params['stem']['conv']['kernel'], kernel)
     assert not np.array_equal(state.params['stem']['conv']['bias'], bias_before)  # trained

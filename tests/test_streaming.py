@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxres import checkpointing, datasets, prepare_data, sharding, streaming, train
+from jaxres import checkpointing, sharding, train
+from jaxres.data import datasets, prepare, streaming
 
 from conftest import ROOT, SHARED_DATA, imagenet_tree, random_dataset, read_cifar_jpegs
 from conftest import tiny_config
@@ -188,9 +189,9 @@ def imagenet_mini(tmp_path_factory):
     root = tmp_path_factory.mktemp('imagenet_mini')
     imagenet_tree(root / 'imagenet_mini', read_cifar_jpegs(16, 4))
     data_dir = str(root / 'tfds')
-    assert prepare_data.main(['--source', str(root / 'imagenet_mini'), '--data_dir', data_dir,
-                              '--val_labels', str(root / 'imagenet_mini' / 'LOC_val_solution.csv'),
-                              '--workers', '2']) == 0
+    assert prepare.main(['--source', str(root / 'imagenet_mini'), '--data_dir', data_dir,
+                         '--val_labels', str(root / 'imagenet_mini' / 'LOC_val_solution.csv'),
+                         '--workers', '2']) == 0
     return data_dir
 
 

@@ -1,4 +1,4 @@
-"""Train step, loop, checkpoints, resume and evaluation on tiny models."""
+"""The training loop: workdir, checkpoints, resume, evaluation, cadence, on tiny models."""
 
 import dataclasses
 import json
@@ -7,71 +7,19 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from jaxres import checkpointing, evaluate, input_pipeline, main, metric_logging, models, optim
-from jaxres import preprocess, sharding, train
+from jaxres import checkpointing, evaluate, main, metric_logging, sharding, train
+from jaxres.data import resident
 
 from conftest import random_dataset, tiny_config
 
 
 def _setup(config, ds, devices=None):
     mesh = sharding.make_data_mesh(devices)
-    return train.TrainSetup.build(config, ds, mesh), input_pipeline.to_device(
+    return train.TrainSetup.build(config, ds, mesh), resident.to_device(
         ds, mesh, config.eval_batch_size)
 
-
-def test_loss_falls_on_a_fixed_batch():
-    config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.05})
-    ds = random_dataset(n_train=32)
-    setup, _ = _setup(config, ds)
-    state = setup.init_state()
-    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
-             'label': ds.train_labels}
-    step = jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0)))
-    losses = []
-    for _ in range(30):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics['loss']))
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
-
-def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
-    # Whole 'whiten' stem frozen: the step matches the optimizer-masked one, the
-    # stem stays put, and the compiled step has fewer convolutions (no gradient
-    # into the stem, nor into the first block's input).
-    config = tiny_config(**{'model': models.model_config('airbench', stage_widths=(8, 8),
-                                                         pool_sizes=(1, 2)),
-                            'backend.conv': 'xla',
-                            'schedule.name': 'constant', 'schedule.learning_rate': 0.05,
-                            'optimizer.freeze': ('stem',)})
-    ds = random_dataset(n_train=32)
-    setup, _ = _setup(config, ds)
-    state = setup.init_state()
-    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
-             'label': ds.train_labels}
-
-    def step(frozen):
-        return jax.jit(lambda s, b: train.train_step(s, b, dropout_key=jax.random.key(0),
-                                                     frozen=frozen))
-
-    masked_only = step(None)
-    pruned = step(optim.path_mask(('stem',)))
-    want, _ = masked_only(state, batch)
-    got, _ = pruned(state, batch)
-    for a, b in zip(jax.tree_util.tree_leaves(want.params), jax.tree_util.tree_leaves(got.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got.params['stem']['conv']['kernel'],
-                                  state.params['stem']['conv']['kernel'])
-    np.testing.assert_array_equal(got.params['stem']['conv']['bias'],
-                                  state.params['stem']['conv']['bias'])
-
-    def convolutions(fn):
-        return fn.lower(state, batch).compile().as_text().count(' convolution(')
-
-    assert convolutions(pruned) < convolutions(masked_only)
 
 def _params(workdir, config, ds):
     setup, _ = _setup(config, ds)
@@ -127,7 +75,6 @@ def test_eval_of_restored_checkpoint_equals_end_of_training(tmp_path, monkeypatc
         assert json.load(f)['num_examples'] == 40
 
 
-
 def test_fractional_epochs_end_mid_epoch_with_the_final_evaluation(tmp_path):
     # 4 steps per epoch: 1.5 epochs are 6 steps, 0.7 epochs ceil(2.8) = 3.
     ds = random_dataset()
@@ -149,50 +96,11 @@ def test_eval_counts_10000_examples_with_a_batch_that_does_not_divide_it():
     assert results['accuracy'] == pytest.approx(predicted_right / 10_000)
 
 
-def test_step_compiles_once(tmp_path):
-    ds = random_dataset()
-    config = tiny_config()
-    mesh = sharding.make_data_mesh()
-    setup = train.TrainSetup.build(config, ds, mesh)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size)
-    state = setup.init_state()
-    with jax.transfer_guard('disallow'):
-        for _ in range(6):
-            order = setup.epoch_order_fn(state.step)
-            state, _ = setup.train_step_fn(state, data, order)
-    assert setup.train_step_fn._cache_size() == 1
-
-
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
     ds = random_dataset()
     config = tiny_config(**{'schedule.learning_rate': 1e30, 'schedule.name': 'constant'})
     with pytest.raises(train.NonFiniteLossError, match=r'by step \d+\. Last good checkpoint'):
         train.train_and_evaluate(config, str(tmp_path), ds)
-
-
-def test_lookahead_moves_weights_to_their_ema_every_n_steps_and_ends_on_it():
-    zeros = {'params': {'w': jnp.zeros(2)}, 'batch_stats': {'m': jnp.zeros(1)}}
-    state = train.TrainState.create(apply_fn=None, params=zeros['params'],
-                                    batch_stats=zeros['batch_stats'], tx=optax.sgd(1.0),
-                                    lookahead=zeros)
-
-    def step(s):  # an optimizer step adding 1 to every weight and statistic
-        s = s.apply_gradients(grads={'w': -jnp.ones(2)},
-                              batch_stats={'m': s.batch_stats['m'] + 1})
-        return train.lookahead_update(s, every=2, decay=0.9, total_steps=4)
-
-    s1 = step(state)  # not a sync step: the EMA waits
-    np.testing.assert_array_equal(s1.params['w'], [1, 1])
-    np.testing.assert_array_equal(s1.lookahead['params']['w'], [0, 0])
-    s2 = step(s1)  # sync at t = 2/4: EMA = 0 + (1 - 0.9**2 * 0.5**3) * (2 - 0), model reset to it
-    expected = (1 - 0.9 ** 2 * 0.5 ** 3) * 2
-    for leaf in (s2.params['w'], s2.lookahead['params']['w'], s2.batch_stats['m'],
-                 s2.lookahead['batch_stats']['m']):
-        np.testing.assert_allclose(leaf, expected, rtol=1e-6)
-    s4 = step(step(s2))  # the last step: decay 1, the model becomes the (unchanged) EMA
-    np.testing.assert_allclose(step(s2).params['w'], expected + 1, rtol=1e-6)
-    np.testing.assert_allclose(s4.params['w'], expected, rtol=1e-6)
-    np.testing.assert_allclose(s4.batch_stats['m'], expected, rtol=1e-6)
 
 
 def test_tta_probabilities_weights_and_views():
@@ -218,31 +126,6 @@ def test_tta_probabilities_weights_and_views():
     assert not np.allclose(both, flip_only)
 
 
-def test_gradient_accumulation_averages_micro_batch_gradients():
-    # Constant lr, no momentum or decay: the update is -lr * the mean gradient
-    # of the micro-batches (examples 0, 2, 4, ... and 1, 3, 5, ...), and the BN
-    # running statistics are updated by one micro-batch after the other.
-    config = tiny_config(**{'schedule.name': 'constant', 'schedule.learning_rate': 0.1,
-                            'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.0})
-    ds = random_dataset(n_train=32)
-    setup, _ = _setup(config, ds)
-    state = setup.init_state()
-    batch = {'image': preprocess.normalize(ds.train_images, setup.train_pp.normalization),
-             'label': ds.train_labels}
-    step = jax.jit(lambda s, b, k: train.train_step(s, b, dropout_key=jax.random.key(0),
-                                                    accum_steps=k), static_argnums=2)
-    first, second = ({k: v[i::2] for k, v in batch.items()} for i in (0, 1))
-    s1, m1 = step(state, first, 1)
-    s2, m2 = step(state.replace(batch_stats=s1.batch_stats), second, 1)
-    got, metrics = step(state, batch, 2)
-    for g, a, b in zip(*(jax.tree_util.tree_leaves(t.params) for t in (got, s1, s2))):
-        np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-4, atol=1e-6)
-    for g, b in zip(*(jax.tree_util.tree_leaves(t.batch_stats) for t in (got, s2))):
-        np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(metrics['loss'], (m1['loss'] + m2['loss']) / 2, rtol=1e-5)
-    assert int(got.step) == 1
-
-
 def test_cadence_by_epoch_step_and_minutes():
     cadence = train.Cadence(steps_per_epoch=10, total_steps=35, log_every_steps=4,
                             eval_every_epochs=2, eval_every_steps=0, save_every_epochs=1,
@@ -263,23 +146,6 @@ def test_cadence_by_epoch_step_and_minutes():
     assert [by_step.next_eval(s) for s in (0, 6, 17, 18, 30)] == [6, 12, 18, 20, 35]
 
 
-def test_ema_update_averages_weights_and_statistics_and_leaves_them_alone():
-    zeros = {'params': {'w': jnp.zeros(2)}, 'batch_stats': {'m': jnp.zeros(1)}}
-    state = train.TrainState.create(apply_fn=None, params=zeros['params'],
-                                    batch_stats=zeros['batch_stats'], tx=optax.sgd(1.0),
-                                    ema=zeros)
-    for _ in range(3):  # each step adds 1 to every weight and statistic
-        state = state.apply_gradients(grads={'w': -jnp.ones(2)},
-                                      batch_stats={'m': state.batch_stats['m'] + 1})
-        state = train.ema_update(state, 0.9)
-    # ema_t = 0.9 ema_{t-1} + 0.1 t: 0.1, 0.29, 0.561; the live weights are 3.
-    np.testing.assert_allclose(state.ema['params']['w'], [0.561, 0.561], rtol=1e-6)
-    np.testing.assert_allclose(state.ema['batch_stats']['m'], [0.561], rtol=1e-6)
-    np.testing.assert_array_equal(state.params['w'], [3, 3])
-    assert train.evaluated_variables(state, use_ema=False)['params'] is state.params
-    assert train.evaluated_variables(state, use_ema=True) is state.ema
-
-
 def test_ema_is_evaluated_saved_and_restored_for_eval(tmp_path, monkeypatch):
     ds = random_dataset()
     config = tiny_config(**{'optimizer.ema_decay': 0.5})
@@ -288,7 +154,7 @@ def test_ema_is_evaluated_saved_and_restored_for_eval(tmp_path, monkeypatch):
     setup, _ = _setup(config, ds)
     manager = checkpointing.create_manager(checkpointing.checkpoint_dir(workdir), read_only=True)
     state = checkpointing.restore_state(manager, 8, setup.abstract_state())
-    data = input_pipeline.to_device(ds, setup.mesh, config.eval_batch_size)
+    data = resident.to_device(ds, setup.mesh, config.eval_batch_size)
     # The run's evaluation is the EMA's, not the live weights'.
     assert setup.evaluate(state, data)['loss'] == pytest.approx(at_end['loss'], rel=1e-6)
     config.eval.ema = False
@@ -308,9 +174,9 @@ def test_cutout_mixup_cutmix_stochastic_depth_and_ema_train_together(tmp_path):
     config = tiny_config(**{'data.train_pp': 'crop(1)|flip_lr|normalize|cutout(3)|mixup(0.2)|cutmix(1.0)',
                             'model.stochastic_depth': 0.2, 'optimizer.ema_decay': 0.9})
     setup, data = _setup(config, ds)
-    order = setup.epoch_order_fn(jnp.asarray(0))
-    batch = input_pipeline.train_batch(data, order, jnp.asarray(0), jnp.asarray(0),
-                                       jax.random.key(1), setup.train_pp)
+    order = setup.resident_input(data).order_fn(jnp.asarray(0))
+    batch = resident.train_batch(data, order, jnp.asarray(0), jnp.asarray(0),
+                                 jax.random.key(1), setup.train_pp)
     assert set(batch) == {'image', 'label', 'mixed_label', 'mix_weight'}
     results = train.train_and_evaluate(config, str(tmp_path), ds)
     assert results['step'] == 8 and np.isfinite(results['loss'])

@@ -29,7 +29,8 @@ from benchmarks import torch_ports, twin, twin_table  # noqa: E402
 from configs import (cifar10_preact, cifar10_resnet18, cifar10_resnet2111,  # noqa: E402
                      cifar10_resnet9, cifar10_resnet_b, cifar100_finetune_resnet18,
                      cifar100_preact, cifar100_resnet)
-from jaxres import datasets, models, optim, preprocess  # noqa: E402
+from jaxres import models, optim  # noqa: E402
+from jaxres.data import datasets, preprocess  # noqa: E402
 
 RTOL = 1e-4
 STEPS = 8  # 2 epochs of 4 steps

@@ -101,14 +101,8 @@ def compute_dtype(name: str) -> Any:
     return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
-def input_shape(image_shape: tuple[int, ...], image_size: int = 0) -> tuple[int, int, int]:
-    """The model's input (H, W, C): ``image_size`` square when set, else the images'."""
-    h, w, c = image_shape
-    return (image_size, image_size, c) if image_size else (h, w, c)
-
-
 __all__ = ['ACTIVATIONS', 'BLOCKS', 'BatchNorm', 'BiasConv', 'DEPTHS', 'FAMILIES',
            'KERNEL_INITS', 'ResNet', 'SHORTCUTS', 'STEMS', 'airbench', 'count_params',
            'compute_dtype', 'config_keys', 'create_model', 'data_init_size', 'family_of',
-           'input_shape', 'layers', 'max_pool_tiles', 'model_config', 'resnet',
+           'layers', 'max_pool_tiles', 'model_config', 'resnet',
            'whitening_kernel', 'wide_resnet', 'with_lowerings']

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxres.conv import conv_fn
+from jaxres.cpu.conv import conv_fn
 
 ModuleDef = Any
 Array = jax.Array

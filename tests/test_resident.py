@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxres import input_pipeline, preprocess, sharding
+from jaxres import sharding
+from jaxres.cpu import pixels
+from jaxres.data import preprocess, resident
 
 from conftest import random_dataset
 
@@ -24,9 +26,9 @@ def _images(n=6, size=16, seed=0):
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
     key = jax.random.key(0)
-    a = input_pipeline.epoch_order(key, 0, 100, 3, 32)
-    b = input_pipeline.epoch_order(key, 0, 100, 3, 32)
-    c = input_pipeline.epoch_order(key, 1, 100, 3, 32)
+    a = resident.epoch_order(key, 0, 100, 3, 32)
+    b = resident.epoch_order(key, 0, 100, 3, 32)
+    c = resident.epoch_order(key, 1, 100, 3, 32)
     assert a.shape == (3, 32)
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(np.asarray(a))) == 96  # no repeats; remainder dropped
@@ -36,7 +38,7 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch():
 def test_eval_padding_counts_every_example_once():
     images = np.zeros((10_000, 2, 2, 1), np.uint8)
     labels = np.arange(10_000) % 7
-    bx, by, mask = input_pipeline.pad_eval_batches(images, labels, 48)
+    bx, by, mask = resident.pad_eval_batches(images, labels, 48)
     assert bx.shape[:2] == (209, 48) and mask.sum() == 10_000
     np.testing.assert_array_equal(by.reshape(-1)[mask.reshape(-1)], labels)
 
@@ -46,9 +48,9 @@ def _batches_on_1_and_8_devices(ds, pipeline):
     outs = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_data_mesh(devices)
-        data = input_pipeline.to_device(ds, mesh, 8, pipeline)
-        order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
-        fn = jax.jit(lambda d, o, s, mesh=mesh: input_pipeline.train_batch(
+        data = resident.to_device(ds, mesh, 8, pipeline)
+        order = resident.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+        fn = jax.jit(lambda d, o, s, mesh=mesh: resident.train_batch(
             d, o, s, 0, jax.random.key(1), pipeline,
             batch_sharding=sharding.batch_sharded(mesh)))
         outs.append(jax.device_get(fn(data, order, jnp.int32(1))))
@@ -82,31 +84,16 @@ def test_alternating_flip_in_train_batch_does_not_depend_on_device_count():
 # --------------------------------------------------------------------------- #
 # Stored pixel words: the crop as a gather of rows.
 # --------------------------------------------------------------------------- #
-@pytest.mark.parametrize('channels', [1, 2, 3, 4])
-def test_pixel_words_round_trip(channels):
-    x = np.random.default_rng(channels).integers(0, 256, (3, 5, 5, channels), np.uint8)
-    words = input_pipeline.pack_pixels(x, padding=2)
-    assert words.shape == (3, 5, 9) and words.dtype.itemsize == {1: 1, 2: 2}.get(channels, 4)
-    unpacked = input_pipeline.unpack_pixels(jnp.asarray(words), channels)
-    np.testing.assert_array_equal(unpacked[:, :, 2:7], x)
-    np.testing.assert_array_equal(words[:, :, :2], 0)
-
-
-def test_more_than_four_channels_are_refused():
-    with pytest.raises(ValueError, match='5 channels'):
-        input_pipeline.pack_pixels(np.zeros((1, 2, 2, 5), np.uint8))
-
-
 @pytest.mark.parametrize('mode', ['constant', 'reflect'])
 def test_gathered_windows_are_the_padded_copys_windows(mode):
     x = np.asarray(_images(n=5, size=7))
     pad = 3
-    words = jnp.asarray(input_pipeline.pack_pixels(x, pad, mode))
+    words = jnp.asarray(pixels.pack_pixels(x, pad, mode))
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode)
     idx = jnp.asarray([4, 0, 4, 2])
     offsets = jnp.asarray([[0, 0], [6, 6], [3, 3], [1, 5]])
-    got = input_pipeline.unpack_pixels(
-        input_pipeline.gather_windows(words, idx, offsets, pad, mode), 3)
+    got = pixels.unpack_pixels(
+        resident.gather_windows(words, idx, offsets, pad, mode), 3)
     for out, i, (dy, dx) in zip(np.asarray(got), np.asarray(idx), np.asarray(offsets)):
         np.testing.assert_array_equal(out, padded[i, dy:dy + 7, dx:dx + 7])
     np.testing.assert_array_equal(got[2], x[4])  # offset (pad, pad): the image itself
@@ -114,7 +101,7 @@ def test_gathered_windows_are_the_padded_copys_windows(mode):
 
 def _reference_batch(ds, pipeline, step):
     """The batch as the uint8 pipeline builds it: gather, ``augment``, normalise."""
-    order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+    order = resident.epoch_order(jax.random.key(1), 0, 64, 2, 32)
     idx = order[step]
     epoch_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 1), 0)
     keys = jax.vmap(lambda p: jax.random.fold_in(epoch_key, p))(step * 32 + jnp.arange(32))
@@ -139,26 +126,26 @@ def test_train_batch_equals_the_uint8_pipeline(spec):
     ds = random_dataset(n_train=64)
     pipeline = _pp(spec)
     mesh = sharding.make_data_mesh(jax.devices()[:1])
-    order = input_pipeline.epoch_order(jax.random.key(1), 0, 64, 2, 32)
+    order = resident.epoch_order(jax.random.key(1), 0, 64, 2, 32)
     want = _reference_batch(ds, pipeline, 1)
     other = _pp("crop(4, 'reflect')|normalize")  # data stored for another crop
-    for data in (input_pipeline.to_device(ds, mesh, 8, pipeline),
-                 input_pipeline.to_device(ds, mesh, 8),
-                 input_pipeline.to_device(ds, mesh, 8, other),
-                 input_pipeline.to_device(ds, mesh, 8, pipeline, packed=False)):
-        got = jax.jit(lambda d, o: input_pipeline.train_batch(
+    for data in (resident.to_device(ds, mesh, 8, pipeline),
+                 resident.to_device(ds, mesh, 8),
+                 resident.to_device(ds, mesh, 8, other),
+                 resident.to_device(ds, mesh, 8, pipeline, packed=False)):
+        got = jax.jit(lambda d, o: resident.train_batch(
             d, o, jnp.int32(1), 0, jax.random.key(1), pipeline))(data, order)
         np.testing.assert_allclose(got['image'], want, rtol=0, atol=1e-6)
-    crop = input_pipeline.leading_crop(pipeline)
-    assert (input_pipeline.to_device(ds, mesh, 8, pipeline).train_padding
+    crop = resident.leading_crop(pipeline)
+    assert (resident.to_device(ds, mesh, 8, pipeline).train_padding
             == (crop['padding'] if spec.startswith('crop') else 0))
 
 
 def test_evaluation_only_data_leave_the_training_set_on_the_host():
     ds = random_dataset(n_train=64)
     mesh = sharding.make_data_mesh()
-    full = input_pipeline.to_device(ds, mesh, 8)
-    eval_only = input_pipeline.to_device(ds, mesh, 8, with_train=False)
+    full = resident.to_device(ds, mesh, 8)
+    eval_only = resident.to_device(ds, mesh, 8, with_train=False)
     assert eval_only.train_pixels.shape == (0, 8, 8) and eval_only.train_labels.shape == (0,)
     for name in ('eval_images', 'eval_labels', 'eval_mask'):
         np.testing.assert_array_equal(getattr(eval_only, name), getattr(full, name))

@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 from jax import export
 
-from jaxres import datasets, input_pipeline, models, sharding, train
+from jaxres import models, sharding, train
+from jaxres.data import datasets, resident
 
 # Custom calls allowed in an exported step: sharding annotations only.  A host
 # callback or a CPU library call (LAPACK, DUCC FFT, ...) would not run there.
@@ -56,10 +57,11 @@ class StepInputs:
     state: Any
     args: tuple
     eval_batch: dict[str, jax.ShapeDtypeStruct]
+    batch_fn: Any  # the input's ``batch``, run inside the step
 
     @property
     def step_fn(self):
-        return self.setup.step_fn(self.setup.config.input.kind)
+        return self.setup.step_fn(self.batch_fn)
 
 
 def _abstract(tree: Any) -> Any:
@@ -94,18 +96,20 @@ def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, plat
         return StepInputs(
             setup, setup.abstract_state(),
             (_batch((config.batch_size,) + image, ('image', 'label', 'index'), mesh),),
-            _batch((eval_size,) + image, ('image', 'label', 'mask'), mesh))
+            _batch((eval_size,) + image, ('image', 'label', 'mask'), mesh),
+            setup.read_batch_ops())
     ds = shaped_dataset(config, n, eval_size)
     setup = train.TrainSetup.build(config, ds, mesh, platform=platform)
-    data = input_pipeline.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
-                                    packed=setup.choices.packed_pixels)
+    data = resident.to_device(ds, mesh, config.eval_batch_size, setup.train_pp,
+                              packed=setup.choices.packed_pixels)
     order = jax.ShapeDtypeStruct((setup.steps_per_epoch, config.batch_size), jnp.int32,
                                  sharding=sharding.replicated(mesh))
     eval_batch = {k: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
                                           sharding=sharding.batch_sharded(mesh))
                   for k, x in (('image', data.eval_images), ('label', data.eval_labels),
                                ('mask', data.eval_mask))}
-    return StepInputs(setup, setup.abstract_state(), (_abstract(data), order), eval_batch)
+    return StepInputs(setup, setup.abstract_state(), (_abstract(data), order), eval_batch,
+                      setup.resident_input(data).batch)
 
 
 def export_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

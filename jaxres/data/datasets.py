@@ -2,7 +2,7 @@
 
 CIFAR-sized data sets fit in host and device memory many times over, so jaxres
 reads them once into uint8 arrays (``ImageDataset``) and does everything else
-(shuffling, augmentation, batching) on the device; see ``input_pipeline``.
+(shuffling, augmentation, batching) on the device; see ``resident``.
 
 Sources: any TFDS dataset with ``image`` and ``label`` features (``cifar10``,
 ``cifar100``, or one written by ``python -m jaxres.prepare_data``), scikit-
@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from jaxres.data import DataError, image_io
+
 
 # (classes, image shape) of the data sets whose shapes are known without reading them
 # (None: the size varies between images).
@@ -29,8 +31,12 @@ KNOWN_SHAPES: dict[str, tuple[int, tuple[int | None, int | None, int]]] = {
     'imagenet': (1000, (None, None, 3))}
 
 
-class DataError(ValueError):
-    """Data that cannot be loaded; the message names the cause and the fix."""
+def model_input_shape(image_shape: Sequence[int | None], image_size: int = 0
+                      ) -> tuple[int | None, int | None, int]:
+    """A model's input (H, W, C) for stored ``image_shape``: ``image_size`` square when
+    set (the images are cropped/resized to it), else the stored size (None: varies)."""
+    h, w, c = image_shape
+    return (image_size, image_size, c) if image_size else (h, w, c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +74,7 @@ class DataInfo:
 
     def model_image_shape(self, image_size: int = 0) -> tuple[int, int, int]:
         """The model's input shape: ``image_size`` square when set, else the stored one."""
-        h, w, c = self.image_shape
-        if image_size:
-            return (image_size, image_size, c)
+        h, w, c = model_input_shape(self.image_shape, image_size)
         if h is None or w is None:
             raise DataError(f'the images of {self.name!r} vary in size: set '
                             '--config.data.image_size=SIZE (e.g. 224) to crop/resize them.')
@@ -107,7 +111,8 @@ class ImageDataset:
 
         Float images are taken as [0, 1] when their maximum is <= 1, else [0, 255].
         """
-        x_train, x_test = _as_uint8_nhwc(x_train, 'x_train'), _as_uint8_nhwc(x_test, 'x_test')
+        x_train = image_io.as_uint8_nhwc(x_train, 'x_train', floats=True)
+        x_test = image_io.as_uint8_nhwc(x_test, 'x_test', floats=True)
         y_train = np.asarray(y_train).astype(np.int32).reshape(-1)
         y_test = np.asarray(y_test).astype(np.int32).reshape(-1)
         if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -177,21 +182,6 @@ class ImageDataset:
                                             f'{split}_labels': labels[keep]})
 
 
-def _as_uint8_nhwc(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f'{name} has shape {x.shape}; expected (N, H, W), (N, H, W, 1) '
-                        'or (N, H, W, 3).')
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f'{name} has dtype {x.dtype}; expected uint8 or float images.')
-    scale = 255.0 if x.max(initial=0) <= 1.0 else 1.0
-    return np.clip(np.round(x.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- #
 # Sources
 # --------------------------------------------------------------------------- #
@@ -230,22 +220,22 @@ def load_synthetic(num_train: int, num_eval: int, image_size: int, num_classes: 
     return ImageDataset.from_arrays(xt, yt, xe, ye)
 
 
-def load_tfds(name: str, train_split: str, eval_split: str, data_dir: str | None,
-              download: bool) -> ImageDataset:
-    """Reads two splits of a TFDS dataset whole into memory."""
+def open_builder(name: str, data_dir: str | None, download: bool):
+    """The prepared TFDS builder of ``name`` in ``data_dir`` (None: TFDS's default,
+    ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets), downloaded first where allowed;
+    else a DataError that says how to prepare it offline."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    data_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or None
+    where = data_dir or tfds.core.constants.DATA_DIR
     fix = (f'Prepare it offline with\n  python -m jaxres.prepare_data --source '
-           f'PATH_TO_{name.upper()}_ARCHIVE_OR_IMAGE_FOLDER --data_dir '
-           f'{data_dir or "~/tensorflow_datasets"}'
+           f'PATH_TO_{name.upper()}_ARCHIVE_OR_IMAGE_FOLDER --data_dir {where}'
            + ('' if name in ('cifar10', 'cifar100') else f' --name {name}')
            + '\nand pass --config.data_dir=DIR if you used another DIR.')
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception:  # DatasetNotFoundError lists the whole catalogue: too long.
-        raise DataError(f'dataset {name!r} is neither in TFDS nor prepared in '
-                        f'{data_dir or "the default TFDS data dir"}. {fix}') from None
+        raise DataError(f'dataset {name!r} is neither in TFDS nor prepared in {where}. '
+                        f'{fix}') from None
     if not builder.is_prepared():
         if not download:
             raise DataError(f'dataset {name!r} is not prepared in {builder.data_dir} and '
@@ -258,6 +248,13 @@ def load_tfds(name: str, train_split: str, eval_split: str, data_dir: str | None
         except Exception as e:  # network errors come in many types
             raise DataError(f'dataset {name!r} is not in {builder.data_dir} and could not be '
                             f'downloaded ({type(e).__name__}: {str(e)[:200]}). {fix}') from None
+    return builder
+
+
+def load_tfds(name: str, train_split: str, eval_split: str, data_dir: str | None,
+              download: bool) -> ImageDataset:
+    """Reads two splits of a TFDS dataset whole into memory."""
+    builder = open_builder(name, data_dir, download)
     features = builder.info.features
     if 'image' not in features or 'label' not in features:
         raise DataError(f'dataset {name!r} has no image/label features: {list(features)}.')
@@ -336,36 +333,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> ImageDataset:
 # --------------------------------------------------------------------------- #
 # Describing a data set without reading it, and reading it record by record
 # --------------------------------------------------------------------------- #
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...],
-                                                                   tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images on [0, 1] pixels."""
-    c = images.shape[-1]
-    total, sq, n = np.zeros(c), np.zeros(c), 0
-    for i in range(0, len(images), chunk):  # float64 sums, a chunk at a time
-        x = images[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
-        total += x.sum(0)
-        sq += (x * x).sum(0)
-        n += len(x)
-    mean = total / n
-    # Floored at one grey level: a constant channel must not divide by zero.
-    std = np.maximum(np.sqrt(np.maximum(sq / n - mean * mean, 0.0)), 1 / 255)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def tfds_builder(config: ml_collections.ConfigDict):
     """The prepared TFDS builder of ``config.dataset`` (downloads where allowed)."""
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or None
-    try:
-        builder = tfds.builder(config.dataset, data_dir=data_dir)
-    except Exception:  # DatasetNotFoundError lists the whole catalogue: too long.
-        builder = None
-    if builder is None or not builder.is_prepared():
-        # load_tfds downloads where allowed, else raises the full message.
-        load_tfds(config.dataset, config.train_split, config.eval_split, data_dir,
-                  config.download)
-        builder = tfds.builder(config.dataset, data_dir=data_dir)
-    return builder
+    return open_builder(config.dataset, config.data_dir or None, config.download)
 
 
 def eval_split_of(config: ml_collections.ConfigDict, splits: Sequence[str]) -> str:
@@ -424,7 +394,6 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
         return (ArraySource(ds.train_images, ds.train_labels),
                 ArraySource(ds.eval_images, ds.eval_labels))
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    data_dir = config.data_dir or os.environ.get('TFDS_DATA_DIR') or None
     if config.validation_size > 0:
         raise DataError('config.validation_size > 0 holds out part of a training set in '
                         'memory; streaming input evaluates on a stored split instead: set '
@@ -445,8 +414,8 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
                             f'{split!r} are missing, e.g. {missing[0]}. Copy them back or '
                             're-run python -m jaxres.prepare_data.')
         try:
-            return tfds.data_source(config.dataset, split=split, data_dir=data_dir,
-                                    decoders={'image': tfds.decode.SkipDecoding()})
+            return builder.as_data_source(split=split,
+                                          decoders={'image': tfds.decode.SkipDecoding()})
         except NotImplementedError:  # tfrecord files: no random access
             raise DataError(
                 f'dataset {config.dataset!r} is stored as tfrecord, which cannot be streamed. '
@@ -472,7 +441,7 @@ def resolve_normalization(config: ml_collections.ConfigDict, info: DataInfo,
     if not mean:
         if info.mean is None and train_images is not None:
             info = dataclasses.replace(info, **dict(zip(('mean', 'std'),
-                                                        channel_stats(train_images))))
+                                                        image_io.channel_stats(train_images))))
         if info.mean is None:
             raise DataError(
                 f'dataset {info.name!r} stores no per-channel mean/std and config.data.mean '

@@ -30,7 +30,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxres import datasets, preprocess, sharding
+from jaxres import sharding
+from jaxres.cpu import pixels
+from jaxres.data import datasets, preprocess
 
 Array = jax.Array
 
@@ -41,7 +43,7 @@ class DeviceData:
     """Arrays on the device(s): the training set (replicated) and eval batches.
 
     ``train_pixels`` holds the training images in one of two layouts: when
-    ``packed``, (N, H, W + 2 * train_padding) pixel words (``pack_pixels``: a
+    ``packed``, (N, H, W + 2 * train_padding) pixel words (``pixels.pack_pixels``: a
     pixel's ``channels`` uint8 values in one unsigned int), the columns padded by
     ``train_padding`` in ``padding_mode``; else (N, H, W, C) uint8 images.
     ``eval_images`` is (num_batches, batch, H, W, C) uint8, sharded over ``data``
@@ -70,21 +72,40 @@ def _global_array(x: np.ndarray, sharding: NamedSharding) -> Array:
 class ResidentInput:
     """The resident data set as the training loop's input (``streaming.StreamingInput``
     has the same interface): the step's arguments are the device data and the
-    epoch's order, from which the jitted step gathers its own batch."""
+    epoch's order, from which ``batch``, inside the jitted step, gathers and
+    augments its own global batch.
+
+    ``rngs.data`` is the run's data stream key (``step.RngStreams``): it draws the
+    epoch orders and the augmentation; ``dtype`` is the model's compute dtype.
+    """
 
     kind = 'resident'
     multi_step = True  # the data does not change between steps: K steps per dispatch
 
-    def __init__(self, data: DeviceData, order_fn: Any, steps_per_epoch: int):
-        self.data, self._order_fn, self._steps_per_epoch = data, order_fn, steps_per_epoch
+    def __init__(self, data: DeviceData, *, pipeline: preprocess.Preprocess, rngs: Any,
+                 steps_per_epoch: int, batch_size: int, mesh: Mesh, dtype: Any = jnp.float32):
+        self.data, self.pipeline, self.rngs, self.dtype = data, pipeline, rngs, dtype
+        self.mesh, self._steps_per_epoch, self._batch_size = mesh, steps_per_epoch, batch_size
+        self.order_fn = jax.jit(self.epoch_order, out_shardings=sharding.replicated(mesh))
         self._order = None
 
-    def start_at(self, step: int, manager: Any = None) -> None:
-        del step, manager  # the order is drawn from the state's step
+    def epoch_order(self, step: Array) -> Array:
+        """state.step -> its epoch's (steps_per_epoch, batch) example order."""
+        return epoch_order(self.rngs.data, step // self._steps_per_epoch,
+                           self.data.train_labels.shape[0], self._steps_per_epoch,
+                           self._batch_size)
+
+    def batch(self, step: Array, data: DeviceData, order: Array) -> dict[str, Array]:
+        """Inside the jitted step: the augmented global batch of ``step``."""
+        return train_batch(data, order, step, step // self._steps_per_epoch, self.rngs.data,
+                           self.pipeline, self.dtype, sharding.batch_sharded(self.mesh))
+
+    def start_at(self, step: int, restore: Any = None) -> None:
+        del step, restore  # the order is drawn from the state's step
 
     def step_args(self, step: int, state: Any) -> tuple[DeviceData, Array]:
         if self._order is None or step % self._steps_per_epoch == 0:
-            self._order = self._order_fn(state.step)  # on the device: no transfer
+            self._order = self.order_fn(state.step)  # on the device: no transfer
         return self.data, self._order
 
     def checkpoint_item(self) -> None:
@@ -121,34 +142,6 @@ def pad_eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int
     shape = (num_batches, batch_size)
     return (images.reshape(shape + images.shape[1:]), labels.reshape(shape),
             mask.reshape(shape))
-
-
-def pixel_dtype(channels: int) -> np.dtype:
-    """The unsigned word that holds one pixel's ``channels`` uint8 values."""
-    if not 1 <= channels <= 4:
-        raise ValueError(f'images have {channels} channels; the device input pipeline '
-                         'supports 1 to 4 (grey, grey + alpha, RGB, RGBA).')
-    return np.dtype({1: np.uint8, 2: np.uint16}.get(channels, np.uint32))
-
-
-def pack_pixels(images: np.ndarray, padding: int = 0, mode: str = 'constant') -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, H, W + 2 * padding) words, channel c in byte c.
-
-    The columns are padded as ``random_crop`` pads (zeros or reflection), so
-    that a crop's rows are contiguous runs of the stored rows.
-    """
-    dtype = pixel_dtype(images.shape[-1])
-    words = np.zeros(images.shape[:-1], dtype)
-    for c in range(images.shape[-1]):
-        words |= images[..., c].astype(dtype) << (8 * c)
-    pad_mode = 'constant' if mode == 'constant' else 'reflect'
-    return np.pad(words, ((0, 0), (0, 0), (padding, padding)), pad_mode)
-
-
-def unpack_pixels(words: Array, channels: int) -> Array:
-    """(...) pixel words -> (..., channels) uint8: the inverse of ``pack_pixels``."""
-    shifts = jnp.arange(channels, dtype=words.dtype) * 8
-    return ((words[..., None] >> shifts) & 0xFF).astype(jnp.uint8)
 
 
 def leading_crop(pipeline: preprocess.Preprocess | None) -> preprocess.Step | None:
@@ -189,7 +182,7 @@ def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
     train_images = ds.train_images[keep]
     return DeviceData(
         train_pixels=_global_array(
-            pack_pixels(train_images, padding, mode) if packed else train_images, replicated),
+            pixels.pack_pixels(train_images, padding, mode) if packed else train_images, replicated),
         train_labels=_global_array(ds.train_labels[keep].astype(np.int32), replicated),
         eval_images=ex, eval_labels=ey, eval_mask=em,
         channels=ds.train_images.shape[-1], train_padding=padding, padding_mode=mode,
@@ -210,7 +203,7 @@ def epoch_order(data_key: Array, epoch: Array, num_examples: int, steps_per_epoc
 def gather_windows(words: Array, idx: Array, offsets: Array, padding: int, mode: str) -> Array:
     """(n, H, W) windows of stored images ``words[idx]`` at ``offsets`` (n, 2).
 
-    ``words`` is ``pack_pixels(images, padding, mode)``; offset (dy, dx) takes
+    ``words`` is ``pixels.pack_pixels(images, padding, mode)``; offset (dy, dx) takes
     the window a ``padding``-padded copy would show at (dy, dx), so (padding,
     padding) is the image itself.  Gathers whole rows of W words; rows that
     fall in the vertical padding read a clamped row, then are zeroed
@@ -264,8 +257,8 @@ def train_batch(data: DeviceData, order: Array, step: Array, epoch: Array, data_
     start = int(crop_by_gather)
     if all(s.op.whole_pixels for s in steps[start:]):
         words = preprocess.augment(words[..., None], keys, steps, flips, start)[..., 0]
-        images = unpack_pixels(words, data.channels)
+        images = pixels.unpack_pixels(words, data.channels)
     else:
-        images = preprocess.augment(unpack_pixels(words, data.channels), keys, steps, flips,
+        images = preprocess.augment(pixels.unpack_pixels(words, data.channels), keys, steps, flips,
                                     start)
     return preprocess.finish_batch(images, labels, keys, pipeline, dtype)

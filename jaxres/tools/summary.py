@@ -12,6 +12,7 @@ import ml_collections
 from clu import parameter_overview
 
 from jaxres import models
+from jaxres.data import datasets
 
 
 def flops_per_example(model: nn.Module, variables: Any, shape: tuple[int, ...]
@@ -49,7 +50,7 @@ def model_summary(config: ml_collections.ConfigDict, num_classes: int,
                   image_shape: tuple[int, int, int]) -> str:
     """The clu parameter table, FLOPs per example, then ``Total parameters: N``."""
     model = models.create_model(config.model, num_classes, models.compute_dtype(config.dtype))
-    shape = models.input_shape(image_shape, config.data.image_size)
+    shape = datasets.model_input_shape(image_shape, config.data.image_size)
     variables = jax.eval_shape(functools.partial(
         model.init, jax.random.key(0), jnp.zeros((1,) + shape), train=False))
     table = parameter_overview.get_parameter_overview(variables['params'], include_stats=False)

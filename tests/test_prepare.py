@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxres import datasets, prepare_data, safe_io
+from jaxres.data import datasets, prepare
 
 from conftest import SHARED_DATA, imagenet_tree, read_cifar_jpegs
 
@@ -39,7 +39,7 @@ def test_cifar10_python_archive_reads_back_through_tfds(tmp_path):
     src = str(tmp_path / 'cifar-10-python.tar.gz')
     members = _cifar10_python_tar(src)
     data_dir = str(tmp_path / 'tfds')
-    assert prepare_data.main(['--source', src, '--data_dir', data_dir]) == 0
+    assert prepare.main(['--source', src, '--data_dir', data_dir]) == 0
     ds = datasets.load_tfds('cifar10', 'train', 'test', data_dir, download=False)
     assert ds.train_images.shape == (100, 32, 32, 3) and ds.eval_images.shape == (20, 32, 32, 3)
     assert ds.class_names[0] == 'airplane'
@@ -65,7 +65,7 @@ def test_cifar100_binary_layout(tmp_path):
         (root / f'{split}.bin').write_bytes(rec.tobytes())
     (root / 'fine_label_names.txt').write_text('\n'.join(f'f{i}' for i in range(100)))
     (root / 'coarse_label_names.txt').write_text('\n'.join(f'c{i}' for i in range(20)))
-    ds = prepare_data.read_source(str(tmp_path))
+    ds = prepare.read_source(str(tmp_path))
     assert ds.name == 'cifar100' and ds.splits['train'].images.shape == (30, 32, 32, 3)
     assert ds.splits['test'].coarse_labels is not None
 
@@ -84,7 +84,7 @@ def _image_folder(root, classes=('cat', 'dog'), per_class=3, splits=('train', 't
 def test_image_folder_becomes_a_named_tfds_dataset(tmp_path):
     _image_folder(tmp_path / 'pets')
     data_dir = str(tmp_path / 'tfds')
-    assert prepare_data.main(['--source', str(tmp_path / 'pets'), '--data_dir', data_dir]) == 0
+    assert prepare.main(['--source', str(tmp_path / 'pets'), '--data_dir', data_dir]) == 0
     ds = datasets.load_tfds('pets', 'train', 'test', data_dir, download=False)
     assert ds.class_names == ('cat', 'dog') and ds.train_images.shape == (6, 8, 8, 3)
 
@@ -92,8 +92,8 @@ def test_image_folder_becomes_a_named_tfds_dataset(tmp_path):
 def test_image_folder_errors_name_the_cause(tmp_path, capsys):
     _image_folder(tmp_path / 'a')
     (tmp_path / 'a' / 'train' / 'cat' / 'broken.jpg').write_bytes(b'not a jpeg')
-    assert prepare_data.main(['--source', str(tmp_path / 'a'), '--data_dir',
-                              str(tmp_path / 'out')]) == 2
+    assert prepare.main(['--source', str(tmp_path / 'a'), '--data_dir',
+                         str(tmp_path / 'out')]) == 2
     err = capsys.readouterr().err
     assert 'broken.jpg' in err and err.count('error:') == 1
     assert not (tmp_path / 'out').exists()  # nothing half-written
@@ -101,19 +101,8 @@ def test_image_folder_errors_name_the_cause(tmp_path, capsys):
     _image_folder(tmp_path / 'b', splits=('train',))
     _image_folder(tmp_path / 'b2', classes=('cat',), splits=('test',))
     os.rename(tmp_path / 'b2' / 'test', tmp_path / 'b' / 'test')
-    with pytest.raises(prepare_data.DataPreparationError, match=r"missing \['dog'\]"):
-        prepare_data.read_source(str(tmp_path / 'b'))
-
-
-def test_safe_unpickle_refuses_code():
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ('echo pwned',))
-
-    with pytest.raises(safe_io.UnsafePickleError, match='posix.system|os.system'):
-        safe_io.safe_unpickle(pickle.dumps(Evil()))
-    ok = safe_io.safe_unpickle(pickle.dumps({b'data': np.arange(3, dtype=np.uint8)}))
-    np.testing.assert_array_equal(ok['data'], [0, 1, 2])
+    with pytest.raises(prepare.DataPreparationError, match=r"missing \['dog'\]"):
+        prepare.read_source(str(tmp_path / 'b'))
 
 
 def test_missing_dataset_message_gives_the_fix(tmp_path, monkeypatch):
@@ -126,9 +115,9 @@ def test_failed_run_keeps_the_previous_copy(tmp_path, capsys):
     _image_folder(tmp_path / 'pets')
     data_dir = tmp_path / 'tfds'
     args = ['--source', str(tmp_path / 'pets'), '--data_dir', str(data_dir), '--workers', '2']
-    assert prepare_data.main(args) == 0
+    assert prepare.main(args) == 0
     (tmp_path / 'pets' / 'test' / 'dog' / 'bad.png').write_bytes(b'\x89PNG truncated')
-    assert prepare_data.main(args) == 2
+    assert prepare.main(args) == 2
     assert "'test/dog/bad.png'" in capsys.readouterr().err
     assert sorted(os.listdir(data_dir)) == ['pets']  # no temporary folder left behind
     ds = datasets.load_tfds('pets', 'train', 'test', str(data_dir), download=False)
@@ -136,7 +125,7 @@ def test_failed_run_keeps_the_previous_copy(tmp_path, capsys):
     (tmp_path / 'pets' / 'test' / 'dog' / 'bad.png').unlink()
     (tmp_path / 'pets' / 'test' / 'dog' / 'new.png').write_bytes(
         (tmp_path / 'pets' / 'test' / 'dog' / '0.png').read_bytes())
-    assert prepare_data.main(args) == 0  # a complete copy is replaced on success
+    assert prepare.main(args) == 0  # a complete copy is replaced on success
     ds = datasets.load_tfds('pets', 'train', 'test', str(data_dir), download=False)
     assert ds.eval_images.shape == (7, 8, 8, 3)
 
@@ -156,8 +145,8 @@ def test_grayscale_and_alpha_images_decode_as_stored(tmp_path):
     Image.fromarray(rgba, 'RGBA').save(tmp_path / 'mixed' / 'train' / 'a' / 'alpha.png')
     data_dir = str(tmp_path / 'tfds')
     for name in ('gray', 'mixed'):
-        assert prepare_data.main(['--source', str(tmp_path / name), '--data_dir', data_dir,
-                                  '--workers', '1']) == 0
+        assert prepare.main(['--source', str(tmp_path / name), '--data_dir', data_dir,
+                             '--workers', '1']) == 0
     gray = datasets.load_tfds('gray', 'train', 'test', data_dir, download=False)
     assert gray.train_images.shape == (4, 8, 8, 1)
     assert len(tfds.builder('gray', data_dir=data_dir).info.metadata['mean']) == 1
@@ -184,8 +173,8 @@ def test_imagenet_style_tree_with_flat_val(tmp_path, cifar_jpegs):
     src = tmp_path / 'imagenet_mini'
     val_labels = imagenet_tree(src, cifar_jpegs)
     data_dir = str(tmp_path / 'tfds')
-    assert prepare_data.main(['--source', str(src), '--data_dir', data_dir, '--val_labels',
-                              str(src / 'LOC_val_solution.csv'), '--workers', '2']) == 0
+    assert prepare.main(['--source', str(src), '--data_dir', data_dir, '--val_labels',
+                         str(src / 'LOC_val_solution.csv'), '--workers', '2']) == 0
     builder = tfds.builder('imagenet_mini', data_dir=data_dir)
     assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
     assert builder.info.features['image'].shape == (None, None, 3)
@@ -212,26 +201,26 @@ def test_imagenet_style_tree_with_flat_val(tmp_path, cifar_jpegs):
 def test_flat_val_labels_errors_name_the_file(tmp_path, cifar_jpegs):
     src = tmp_path / 'inet'
     val_labels = imagenet_tree(src, cifar_jpegs)
-    with pytest.raises(prepare_data.DataPreparationError, match='pass --val_labels'):
-        prepare_data.read_source(str(src))
+    with pytest.raises(prepare.DataPreparationError, match='pass --val_labels'):
+        prepare.read_source(str(src))
     # FILENAME CLASS lines, with or without the extension, work as well.
     lines = [f'{stem}.JPEG {cls}' if i % 2 else f'{stem} {cls}'
              for i, (stem, cls) in enumerate(val_labels.items())]
     (tmp_path / 'val.txt').write_text('\n'.join(lines) + '\n')
-    ds = prepare_data.read_source(str(src), str(tmp_path / 'val.txt'))
+    ds = prepare.read_source(str(src), str(tmp_path / 'val.txt'))
     assert len(ds.splits['validation']) == 20
     (tmp_path / 'missing.txt').write_text('\n'.join(lines[1:]))
-    with pytest.raises(prepare_data.DataPreparationError,
+    with pytest.raises(prepare.DataPreparationError,
                        match="'val/ILSVRC2012_val_00000001.JPEG' has no label"):
-        prepare_data.read_source(str(src), str(tmp_path / 'missing.txt'))
+        prepare.read_source(str(src), str(tmp_path / 'missing.txt'))
     (tmp_path / 'unknown.txt').write_text('\n'.join(lines[:2] + ['ILSVRC2012_val_00000003 n0']
                                                     + lines[3:]))
-    with pytest.raises(prepare_data.DataPreparationError,
+    with pytest.raises(prepare.DataPreparationError,
                        match="'val/ILSVRC2012_val_00000003.JPEG' is labelled 'n0'"):
-        prepare_data.read_source(str(src), str(tmp_path / 'unknown.txt'))
+        prepare.read_source(str(src), str(tmp_path / 'unknown.txt'))
     (tmp_path / 'ILSVRC2012_validation_ground_truth.txt').write_text('490\n361\n171\n')
-    with pytest.raises(prepare_data.DataPreparationError, match='LOC_val_solution.csv'):
-        prepare_data.read_source(str(src), str(tmp_path / 'ILSVRC2012_validation_ground_truth.txt'))
+    with pytest.raises(prepare.DataPreparationError, match='LOC_val_solution.csv'):
+        prepare.read_source(str(src), str(tmp_path / 'ILSVRC2012_validation_ground_truth.txt'))
 
 
 @needs_shared
@@ -241,7 +230,7 @@ def test_cifar10_jpeg_folder_keeps_its_fixed_shape(tmp_path, cifar_jpegs):
         for i, data in enumerate(images):
             (tmp_path / 'c10' / split / cls / f'{i:04d}.jpg').write_bytes(data)
     data_dir = str(tmp_path / 'tfds')
-    assert prepare_data.main(['--source', str(tmp_path / 'c10'), '--data_dir', data_dir]) == 0
+    assert prepare.main(['--source', str(tmp_path / 'c10'), '--data_dir', data_dir]) == 0
     assert tfds.builder('c10', data_dir=data_dir).info.features['image'].shape == (32, 32, 3)
     ds = datasets.load_tfds('c10', 'train', 'test', data_dir, download=False)
     assert ds.train_images.shape == (40, 32, 32, 3) and ds.eval_images.shape == (20, 32, 32, 3)

@@ -9,7 +9,7 @@ or mix examples and their labels (mixup, cutmix: last).  ``data.eval_pp`` (and
 ``predict.pp``) take only deterministic ops.
 
 Every op is a pure function of (images, keys, its arguments), registered with
-``register_op``; ``input_pipeline.train_batch`` plans how to run a spec on the
+``register_op``; ``resident.train_batch`` plans how to run a spec on the
 stored data (a leading ``crop`` becomes the gather itself on the CPU's packed
 pixels).  Keys: the first ``crop`` and the first ``flip_lr`` draw from the two
 halves of the example's key, any other op before ``normalize`` from
@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from jaxres.data import host_ops
 
 Array = jax.Array
 
@@ -442,14 +444,10 @@ def random_resized_crop(images: Array, keys: Array, size: int,
         ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
         top = jax.random.randint(ki, (attempts,), 0, jnp.maximum(h - ch + 1, 1))
         left = jax.random.randint(kj, (attempts,), 0, jnp.maximum(w - cw + 1, 1))
-        # Fallback: the whole image, cut to the nearest allowed aspect ratio.
-        in_ratio = w / h
-        fw, fh = ((w, round(w / ratio[0])) if in_ratio < ratio[0] else
-                  (round(h * ratio[1]), h) if in_ratio > ratio[1] else (w, h))
         first = jnp.argmax(ok)
         pick = lambda v, fallback: jnp.where(ok.any(), v[first], fallback)
-        return (pick(top, (h - fh) // 2), pick(left, (w - fw) // 2), pick(ch, fh),
-                pick(cw, fw))
+        return tuple(pick(v, f) for v, f in zip((top, left, ch, cw),
+                                                host_ops.central_crop_box(h, w, ratio)))
 
     def weights(start, length, n):
         """(size, n) bilinear weights reading [start, start + length) at half-pixel centres."""

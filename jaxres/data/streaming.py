@@ -1,6 +1,6 @@
 """Streaming input: grain reads the data set from disk, one global batch per step.
 
-For data sets bigger than a device (ImageNet), where ``input_pipeline``'s
+For data sets bigger than a device (ImageNet), where ``resident``'s
 resident path cannot hold the training set.  The source is a TFDS data set in
 ArrayRecord format (``python -m jaxres.prepare_data`` writes one), read with
 ``tfds.data_source`` keeping the encoded image bytes, or arrays in memory.
@@ -13,7 +13,7 @@ batch, so the global batch, its layout on the devices and each example's
 augmentation do not depend on the number of hosts or of grain workers.
 
 Host side (grain workers): decode and the ops that need the original image
-(``host_transforms``: RandomResizedCrop, resize + centre crop).  The uint8
+(``host_ops``: RandomResizedCrop, resize + centre crop).  The uint8
 batch then goes onto the mesh with ``jax.make_array_from_process_local_data``;
 the per-pixel ops (crop with padding, flips, colour jitter, normalisation) run
 inside the jitted step, with the same per-example keys as the resident path.
@@ -26,14 +26,15 @@ import dataclasses
 import functools
 import io
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 
-from jaxres import datasets, host_transforms, models, preprocess, sharding
+from jaxres import sharding
+from jaxres.data import datasets, host_ops, preprocess
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +94,9 @@ class HostOps:
             data = [r['image'] for _, _, r in items]
             data = [_encode_png(im) if isinstance(im, np.ndarray) else im for im in data]
             rngs = [np.random.default_rng([self.seed, position]) for position, _, _ in items]
-            return host_transforms.random_resized_crops(data, rngs, self.image_size,
-                                                        self.crop_scale, self.crop_ratio,
-                                                        self.channels)
+            return host_ops.random_resized_crops(data, rngs, self.image_size,
+                                                 self.crop_scale, self.crop_ratio,
+                                                 self.channels)
         return np.stack([self._image(r['image'], index) for _, index, r in items])
 
     def _image(self, image: Any, index: int) -> np.ndarray:
@@ -105,10 +106,10 @@ class HostOps:
             out = image  # in memory, already the model's size
         elif resize:
             data = _encode_png(image) if fixed else image
-            out = host_transforms.resize_center_crop(data, self.eval_resize or size, size,
-                                                     self.channels)
+            out = host_ops.resize_center_crop(data, self.eval_resize or size, size,
+                                              self.channels)
         else:
-            out = host_transforms.decode(image, self.channels)
+            out = host_ops.decode(image, self.channels)
         if out.shape != self.out_shape:
             raise datasets.DataError(
                 f'record {index} gives a {out.shape} image where {self.out_shape} was '
@@ -120,19 +121,17 @@ class HostOps:
 def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
     """The first ``n`` records' images, decoded (uint8 NHWC; one size assumed)."""
     images = [source[i]['image'] for i in range(min(n, len(source)))]
-    return np.stack([im if isinstance(im, np.ndarray) else host_transforms.decode(im, channels)
+    return np.stack([im if isinstance(im, np.ndarray) else host_ops.decode(im, channels)
                      for im in images])
 
 
-def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo
+def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo, count: int
                 ) -> np.ndarray | None:
-    """The first training images a model computes initial weights from (airbench's
-    whitening stem; else None)."""
-    count = models.data_init_size(models.create_model(config.model, info.num_classes))
+    """The first ``count`` training images, which a model computes initial weights
+    from (airbench's whitening stem: ``models.data_init_size``); None for 0."""
     if not count:
         return None
-    return first_images(datasets.open_sources(config, info)[0], count,
-                        info.channels)
+    return first_images(datasets.open_sources(config, info)[0], count, info.channels)
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -221,11 +220,30 @@ def jit_pipeline(pipeline: preprocess.Preprocess) -> preprocess.Preprocess:
     return pipeline.without('random_resized_crop')
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadBatchOps:
+    """Inside the jitted step: a read uint8 batch through the training spec's ops
+    left for jit (``jit_pipeline``).  ``rngs.data`` is the run's data stream key
+    (``step.RngStreams``), ``dtype`` the model's compute dtype."""
+
+    pipeline: preprocess.Preprocess  # the training spec with the data's normalisation
+    rngs: Any
+    steps_per_epoch: int
+    dtype: Any = np.float32
+
+    def __call__(self, step: jax.Array, read: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        position = step % self.steps_per_epoch
+        return preprocess.augment_batch(read['image'], read['label'], read['index'], position,
+                                        step // self.steps_per_epoch, self.rngs.data,
+                                        jit_pipeline(self.pipeline), self.dtype)
+
+
 class StreamingInput:
     """Training and eval batches read from disk (or host memory) through grain.
 
-    The interface the training loop uses (``input_pipeline.ResidentInput`` has
-    the same): ``start_at``, ``step_args``, ``eval_batches``, ``checkpoint_item``.
+    The interface the training loop uses (``resident.ResidentInput`` has
+    the same): ``start_at``, ``step_args``, ``batch``, ``eval_batches``,
+    ``checkpoint_item``, ``close``.
     """
 
     kind = 'streaming'
@@ -233,8 +251,9 @@ class StreamingInput:
 
     def __init__(self, config: ml_collections.ConfigDict, info: datasets.DataInfo,
                  mesh: jax.sharding.Mesh, steps_per_epoch: int, num_steps: int,
-                 ds: datasets.ImageDataset | None = None):
-        self.config, self.info, self.mesh = config, info, mesh
+                 ds: datasets.ImageDataset | None = None, *, batch: 'ReadBatchOps'):
+        """``batch`` runs inside the jitted step on each read batch."""
+        self.config, self.info, self.mesh, self.batch = config, info, mesh, batch
         d = config.data
         shape = info.model_image_shape(d.image_size)
         common = dict(channels=shape[-1], out_shape=shape, image_size=d.image_size,
@@ -253,15 +272,14 @@ class StreamingInput:
     def _iterate(self, ds: grain.MapDataset) -> grain.DatasetIterator:
         return iterate(ds, self.config.input.workers, self.config.input.prefetch)
 
-    def start_at(self, step: int, manager: Any = None) -> None:
-        """Positions the stream at ``step``: the iterator state saved in the checkpoint
-        when there is one for this process layout, else from the order itself (the
-        same batches: the order is a function of the position)."""
+    def start_at(self, step: int, restore: Callable[[Any], bool] | None = None) -> None:
+        """Positions the stream at ``step``: ``restore(iterator)`` sets the iterator
+        state saved in the checkpoint when there is one for this process layout (it
+        says whether it did), else from the order itself (the same batches: the order
+        is a function of the position)."""
         if step == 0:
             return
-        from jaxres import checkpointing  # pylint: disable=g-import-not-at-top
-        if manager is not None and checkpointing.restore_data_iterator(manager, step,
-                                                                       self.iterator):
+        if restore is not None and restore(self.iterator):
             return
         logging.info('streaming input: no saved position for this process layout at step '
                      '%d; starting there from the data order.', step)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from jaxres import host_transforms as ht
+from jaxres.data import host_ops as ht
 
 
 def _encode(arr: np.ndarray, fmt: str = 'JPEG', **kw) -> bytes:

@@ -2,9 +2,9 @@
 
 | trick (``config.backend.*``) | CPU | GPU / TPU | why |
 | --- | --- | --- | --- |
-| ``conv``: convolution lowering | ``winograd`` | ``xla`` | XLA:CPU's conv gradients run far below its matrix products (``jaxres/conv.py``) |
-| ``max_pool``: non-overlapping max-pool | ``tiles`` | ``xla`` | XLA:CPU expands ``reduce_window``'s gradient into a scatter (``models.max_pool_tiles``) |
-| ``packed_pixels``: resident training set | ``on`` | ``off`` | on CPU the crop as a gather of packed pixel rows vectorises (``input_pipeline``) |
+| ``conv``: convolution lowering | ``winograd`` | ``xla`` | XLA:CPU's conv gradients run far below its matrix products (``jaxres/cpu/conv.py``) |
+| ``max_pool``: non-overlapping max-pool | ``tiles`` | ``xla`` | XLA:CPU expands ``reduce_window``'s gradient into a scatter (``pool.max_pool_tiles``) |
+| ``packed_pixels``: resident training set | ``on`` | ``off`` | on CPU the crop as a gather of packed pixel rows vectorises (``resident``) |
 | ``hugepages``: glibc huge pages | ``on`` | ``off`` | XLA:CPU re-allocates its step temporaries each step (``host_memory``) |
 
 Every key is ``'auto'`` by default (the column of the backend the run is on)

@@ -35,7 +35,6 @@ _DCT_SCALES = (1, 2, 4, 8)
 
 
 # The file suffixes of images PIL decodes that image folders may hold.
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
 
 
 def _mode(channels: int) -> str:
@@ -173,14 +172,18 @@ def random_resized_crop_box(
             left = int(rng.integers(0, width - w + 1))
             return top, left, h, w
 
-    # Fallback: the whole image, cut to the nearest allowed aspect ratio.
+    return central_crop_box(height, width, ratio)
+
+
+def central_crop_box(height: int, width: int, ratio: tuple[float, float]
+                     ) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's fallback (top, left, h, w): the whole image, cut to the
+    nearest allowed aspect ratio, centred (torchvision's rule; also the jit op's)."""
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
+        w, h = width, int(round(width / min(ratio)))
     elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
+        w, h = int(round(height * max(ratio))), height
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -231,17 +234,10 @@ def random_resized_crops(
     return out
 
 
-def random_resized_crop(
-    data: bytes,
-    rng: np.random.Generator,
-    size: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    channels: int = 3,
-    draft: bool = True,
-) -> np.ndarray:
-    """One image's ``random_resized_crops``: uint8 (size, size, channels)."""
-    return random_resized_crops([data], [rng], size, scale, ratio, channels, draft)[0]
+def random_resized_crop(data: bytes, rng: np.random.Generator, size: int, **kwargs: Any
+                        ) -> np.ndarray:
+    """One image's ``random_resized_crops`` (same keyword arguments): uint8 (size, size, C)."""
+    return random_resized_crops([data], [rng], size, **kwargs)[0]
 
 
 def resize_center_crop(data: bytes, resize: int, crop: int, channels: int = 3, draft: bool = True) -> np.ndarray:

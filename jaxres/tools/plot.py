@@ -1,4 +1,4 @@
-"""``python -m jaxres.plot WORKDIR``: learning curves and the confusion matrix as PNGs.
+"""``python -m jaxres.tools.plot WORKDIR``: learning curves and the confusion matrix as PNGs.
 
 Reads ``WORKDIR/metrics.jsonl`` (train/eval loss, accuracy, top-5 accuracy and
 learning rate against epoch) and, if present, ``WORKDIR/eval_results.json``
@@ -148,7 +148,7 @@ def plot_workdir(workdir: str, out_dir: str | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m jaxres.plot', description=__doc__.split(
+    parser = argparse.ArgumentParser(prog='python -m jaxres.tools.plot', description=__doc__.split(
         '\n')[0])
     parser.add_argument('workdir', help='a training workdir (holds metrics.jsonl)')
     parser.add_argument('--out', default=None, help='output directory (default WORKDIR/plots)')
