@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # airbench94's net (jaxres/models/airbench.py; its defaults are airbench94's):
     # widths (64, 256, 256), 2x2 whitening stem, GELU, dirac init, BN momentum 0.4
-    # (Flax convention: airbench's PyTorch momentum 0.6), logits x 1/9.
+    # (Flax convention; airbench's is 0.6 in it: RESULTS.md, issue 35's lead), logits x 1/9.
     # (airbench93's narrower widths (64, 128, 128) reached less in the same time
     # here: benchmarks/RESULTS.md.)
     c.model = models.model_config('airbench')

@@ -94,7 +94,9 @@ class Airbench(nn.Module):
       whiten_kernel / whiten_samples: the stem's patch size and how many training
         images its kernel is computed from.
       activation, kernel_init, dense_init: ``layers`` names.
-      bn_momentum: Flax convention (airbench's PyTorch momentum 0.6 is 0.4).
+      bn_momentum: Flax convention (the share of the old running statistics kept per
+        batch). airbench's ``BatchNorm(momentum=0.6)`` is PyTorch's 0.4, Flax's 0.6; the
+        0.4 default keeps less (measured without effect on the speedrun: RESULTS.md).
       head_scale: multiplies the logits (1/9: tempers them at its high lr).
     ``num_classes``, ``dtype`` and the lowerings (``conv_impl``, ``max_pool``) come
     from the run (``create_model``).
