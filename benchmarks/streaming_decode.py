@@ -154,25 +154,6 @@ def jaxres_batches(paths: list[str], args: argparse.Namespace):
     return iter(ds), lambda batch: batch
 
 
-def torchvision_transforms():
-    """torchvision.transforms, also from a CUDA wheel next to a CPU-only torch.
-
-    Such a wheel's _C.so cannot load, and registering fake kernels for its
-    missing detection ops then fails at import; the transforms do not need them.
-    """
-    import importlib
-    import types
-
-    try:
-        return importlib.import_module('torchvision.transforms')
-    except RuntimeError:
-        for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
-            del sys.modules[name]
-        sys.modules['torchvision._meta_registrations'] = types.ModuleType(
-            'torchvision._meta_registrations')
-        return importlib.import_module('torchvision.transforms')
-
-
 class TorchFiles:
     """torch Dataset: path -> PIL RGB -> transform."""
 
@@ -188,6 +169,7 @@ class TorchFiles:
         from PIL import Image
 
         if self.transform is None:
+            from jaxres.tools.torch_ports import torchvision_transforms
             T = torchvision_transforms()
             self.transform = T.Compose([T.RandomResizedCrop(self.size), T.RandomHorizontalFlip(), T.PILToTensor()])
         return self.transform(Image.open(self.paths[i]).convert('RGB'))
@@ -196,6 +178,7 @@ class TorchFiles:
 def torchvision_batches(paths: list[str], args: argparse.Namespace):
     import torch
 
+    from jaxres.tools.torch_ports import torchvision_transforms
     torchvision_transforms()
     torch.manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(TorchFiles(paths, args.size), batch_size=args.batch_size,
@@ -281,6 +264,7 @@ def profile(args: argparse.Namespace) -> None:
     for p in paths:
         with open(p, 'rb') as f:
             blobs.append(f.read())
+    from jaxres.tools.torch_ports import torchvision_transforms
     T = torchvision_transforms()
     tv = T.Compose([T.RandomResizedCrop(args.size), T.RandomHorizontalFlip(), T.PILToTensor()])
     rng = np.random.default_rng(0)

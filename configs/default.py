@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train_split = 'train'
     c.eval_split = 'test'
     c.validation_size = 0  # > 0: hold out N training examples as the 'validation' split
-    c.validation_from = 'random'  # 'random' (seeded, fixed) or 'end' (the last N)
+    c.validation_from = 'random'  # 'random' (seeded, fixed) or 'end' (last N; resident only)
     # > 0: train on a fixed class-balanced subset, the first N / num_classes training
     # examples of each class (after the validation hold-out); 0 = all of them.
     c.train_subset = 0

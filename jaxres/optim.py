@@ -262,7 +262,19 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
         tx = optax.multi_transform({'muon': muon(config, schedule), 'rest': tx}, labels)
     if frozen is not None:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+    if config.nonfinite == 'skip':
+        # A step with NaN/Inf gradients leaves params and optimizer state as they were
+        # (``step.train_step`` keeps the BN statistics).  Never give up and apply one:
+        # a run that only produces such steps shows them in ``skipped_steps``.
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
     return tx
+
+
+def last_step_finite(opt_state: Any) -> jax.Array:
+    """Whether ``optax.apply_if_finite`` applied the last update (its gradients were
+    finite); True when the optimizer does not skip."""
+    flags = optax.tree_utils.tree_get_all_with_path(opt_state, 'last_finite')
+    return flags[0][1] if flags else jnp.bool_(True)
 
 
 def l2_loss(params: Any) -> jax.Array:

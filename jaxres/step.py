@@ -113,7 +113,9 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
 
     With ``skip_nonfinite`` a step whose loss or gradients are not finite leaves
     params, BN statistics and optimizer state unchanged (only the step advances,
-    so the data order stays that of the uninterrupted run) and counts as skipped.
+    so the data order stays that of the uninterrupted run) and counts as skipped:
+    the optimizer (``optax.apply_if_finite``, ``optim.create_optimizer``) keeps
+    params and its state, the step keeps the BN statistics.
     """
     key = jax.random.fold_in(dropout_key, state.step)
 
@@ -154,10 +156,9 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {'loss': loss, 'accuracy': accuracy}
     if skip_nonfinite:
-        ok = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-        kept = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-        new_state = kept.replace(step=new_state.step)
+        ok = optim.last_step_finite(new_state.opt_state) & jnp.isfinite(loss)
+        new_state = new_state.replace(batch_stats=jax.tree_util.tree_map(
+            lambda new, old: jnp.where(ok, new, old), new_state.batch_stats, state.batch_stats))
         metrics = {'loss': jnp.where(ok, loss, 0.0), 'accuracy': metrics['accuracy'],
                    'skipped': (~ok).astype(jnp.int32)}
     return new_state, metrics

@@ -229,7 +229,15 @@ class Due:
 
 @dataclasses.dataclass(frozen=True)
 class Cadence:
-    """When the loop logs, evaluates and checkpoints: by epoch, by step, by time."""
+    """When the loop logs, evaluates and checkpoints: by epoch, by step, by time.
+
+    Not Orbax's save-decision policies: the loop must know the next save step
+    before it gets there (``next_event``: a multi-step dispatch must stop on it, and
+    the metrics are checked for NaN before a save, so a bad state never replaces
+    the last good checkpoint), which ``should_save(step)`` does not tell; and
+    Orbax's time policy broadcasts from the primary host at every call, where
+    this one decides at log steps only.  Preemption is ``preemption.StopSignal``'s.
+    """
 
     steps_per_epoch: int
     total_steps: int

@@ -21,6 +21,13 @@ import pytest  # noqa: E402
 from configs import default  # noqa: E402
 from jaxres.data import datasets  # noqa: E402
 
+if os.environ.get('CI') == 'true':
+    # CI runs the PyTorch parity tests (test_seed_models, test_twin, ...); without
+    # torch they would skip, so a CI machine without it fails here instead.
+    import importlib
+    for required in ('torch', 'torchvision'):
+        importlib.import_module(required)
+
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10-jpeg.tar.gz')
 
 

@@ -1,13 +1,12 @@
-"""benchmarks/accelerator_check.py runs end to end (here on the CPU, with small sizes)."""
+"""The accelerator check (``python benchmarks/accelerator_check.py``) runs end to end
+(here on the CPU, with small sizes)."""
 
 import json
 import os
-import sys
+
+from jaxres.tools import accelerator_check
 
 from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import accelerator_check  # noqa: E402
 
 
 def test_writes_one_json_line_per_figure(tmp_path):

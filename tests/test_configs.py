@@ -3,7 +3,7 @@ states, and it trains for one step at tiny width from its command-line overrides
 and evaluates (``launch.py`` itself runs one of them).
 
 A config that cannot start (a bad key, a choice for a field the model lacks)
-cannot land.  Full-size lowering is ``test_lowering.py``'s; device counts are
+cannot land.  Full-size lowering is ``test_accelerators.py``'s; device counts are
 ``test_device_counts.py``'s.
 """
 

@@ -1,11 +1,14 @@
 """Host-side data: validation hold-out, class-balanced training subset, in-memory arrays."""
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import tiny_config
 from jaxres import config_validation
-from jaxres.data import datasets
+from jaxres.data import datasets, prepare
 
 
 def _class_ordered(n_per_class=10, classes=3):
@@ -71,4 +74,33 @@ def test_streaming_input_refuses_a_train_subset():
     config = tiny_config(dataset='cifar10', train_subset=1000)
     info = datasets.DataInfo('cifar10', 50000, 10000, tuple('0123456789'), (32, 32, 3))
     with pytest.raises(datasets.DataError, match='train_subset > 0 .*--config.input.kind=resident'):
+        datasets.open_sources(config, info)
+
+
+def test_a_streamed_validation_hold_out_is_the_resident_one(tmp_path):
+    """validation_size on an ArrayRecord data set: the streaming sources hold out the
+    examples the resident input holds out, in the same order; 'end' is refused."""
+    rng = np.random.default_rng(0)
+    for split, per_class in (('train', 12), ('test', 2)):
+        for cls in ('cat', 'dog', 'eel'):
+            (tmp_path / 'pets' / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / 'pets' / split / cls / f'{i}.png')
+    data_dir = str(tmp_path / 'tfds')
+    assert prepare.main(['--source', str(tmp_path / 'pets'), '--data_dir', data_dir]) == 0
+    config = tiny_config(dataset='pets', data_dir=data_dir, validation_size=10)
+    info = datasets.describe(config)
+    assert (info.num_train, info.num_eval) == (26, 10)
+    train, held = datasets.open_sources(config, info)
+    resident = datasets.load_dataset(config)
+    for source, images, labels in ((train, resident.train_images, resident.train_labels),
+                                   (held, resident.eval_images, resident.eval_labels)):
+        assert len(source) == len(labels)
+        assert [source[i]['label'] for i in range(len(source))] == labels.tolist()
+        decoded = [np.asarray(Image.open(io.BytesIO(source[i]['image'])))
+                   for i in range(len(source))]
+        np.testing.assert_array_equal(np.stack(decoded), images)
+    config.validation_from = 'end'
+    with pytest.raises(datasets.DataError, match="validation_from='end' needs the labels"):
         datasets.open_sources(config, info)

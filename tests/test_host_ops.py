@@ -29,12 +29,12 @@ def _smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def _torchvision_transforms():
-    """torchvision.transforms (the benchmark's import, which copes with a CUDA wheel)."""
+    """torchvision.transforms (torch_ports' import, which copes with a CUDA wheel)."""
     pytest.importorskip('torch')
     if importlib.util.find_spec('torchvision') is None:
         pytest.skip('torchvision is not installed (the torch extra does not need it)')
-    from benchmarks import streaming_decode  # pylint: disable=g-import-not-at-top
-    return streaming_decode.torchvision_transforms()
+    from jaxres.tools import torch_ports  # pylint: disable=g-import-not-at-top
+    return torch_ports.torchvision_transforms()
 
 
 @pytest.fixture

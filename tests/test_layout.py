@@ -79,3 +79,19 @@ def test_imports_are_read_also_inside_functions(tmp_path, source, expected):
     path = tmp_path / 'm.py'
     path.write_text(source)
     assert jaxres_imports(str(path)) == expected
+
+
+def test_tests_use_the_package_not_the_benchmark_scripts():
+    """benchmarks/ holds commands; what tests need of them lives in jaxres/ (a test
+    may run a script, never import it)."""
+    tests = os.path.join(ROOT, 'tests')
+    wrong = []
+    for name in sorted(os.listdir(tests)):
+        if name.endswith('.py'):
+            tree = ast.parse(open(os.path.join(tests, name)).read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+                wrong += [f'{name} imports {m}' for m in modules
+                          if m.split('.')[0] == 'benchmarks']
+    assert not wrong, wrong

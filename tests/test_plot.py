@@ -1,4 +1,4 @@
-"""python -m jaxres.tools.plot writes PNGs; summary mode prints FLOPs per example."""
+"""python -m jaxres.tools.plot writes PNGs of a workdir's curves."""
 
 import json
 import os
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from jaxres import metric_logging
-from jaxres.tools import plot, summary
+from jaxres.tools import plot
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -72,18 +72,3 @@ def test_plot_without_eval_results_and_with_nothing(tmp_path, capsys):
     empty.mkdir()
     assert plot.main([str(empty)]) == 2
     assert 'neither metrics.jsonl nor eval_results.json' in capsys.readouterr().err
-
-
-def test_summary_prints_flops_before_the_total():
-    lines = summary.model_summary(tiny_config(), 4, (8, 8, 3)).splitlines()
-    assert lines[-1].startswith('Total parameters: ')
-    assert lines[-2].startswith('FLOPs per example')
-    small = summary.model_summary(tiny_config(), 4, (8, 8, 3))
-    big = summary.model_summary(tiny_config(), 4, (16, 16, 3))
-
-    def flops(text):
-        value, unit = text.splitlines()[-2].split(': ')[1].split()
-        return float(value) * {'K': 1e3, 'M': 1e6, 'G': 1e9}[unit]
-
-    # A conv net's work grows with the number of pixels: 4x the pixels, ~4x the FLOPs.
-    assert 3.5 < flops(big) / flops(small) < 4.7

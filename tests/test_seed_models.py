@@ -1,6 +1,6 @@
 """Each seed's model against a PyTorch reference written from the seed's code.
 
-The references (benchmarks/torch_ports.py, shared with benchmarks/twin.py) are
+The references (jaxres/tools/torch_ports.py, shared with the twin runs) are
 small nn.Modules that follow each seed's own code
 (kuangliu's CIFAR ResNet for seeds 000-002, the Keras pre-activation network of
 seed 003 rewritten in PyTorch with TF 'same' padding, Zhenye Na's network and
@@ -28,8 +28,8 @@ torch = pytest.importorskip('torch')
 nn = torch.nn
 F = torch.nn.functional
 
-from benchmarks.torch_ports import (CifarResNet, KerasPreActNet, KuangliuBasic,  # noqa: E402
-                                    KuangliuBottleneck, Pair, flax_node, port)
+from jaxres.tools.torch_ports import (CifarResNet, KerasPreActNet, KuangliuBasic,  # noqa: E402
+                                      KuangliuBottleneck, Pair, flax_node, port)
 from configs import (cifar10_preact, cifar10_resnet2111, cifar10_resnet9,  # noqa: E402
                      cifar10_resnet_b, cifar100_finetune_resnet18, cifar100_preact,
                      cifar100_resnet)

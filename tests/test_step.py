@@ -33,6 +33,36 @@ def test_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_a_nonfinite_step_is_skipped_by_the_optimizer_and_keeps_the_bn_statistics():
+    """nonfinite='skip': optax.apply_if_finite keeps params and optimizer state, the
+    step keeps the BN statistics and counts the step; the next finite step trains."""
+    config = tiny_config(nonfinite='skip', **{'schedule.name': 'constant',
+                                              'schedule.learning_rate': 0.05})
+    ds = random_dataset(n_train=32)
+    setup, _ = _setup(config, ds)
+    state = setup.init_state()
+    image = preprocess.normalize(ds.train_images, setup.train_pp.normalization)
+    step = jax.jit(lambda s, b: train_step(s, b, dropout_key=jax.random.key(0),
+                                           skip_nonfinite=True))
+    good = {'image': image, 'label': ds.train_labels}
+    state, _ = step(state, good)  # momentum and BN statistics are not at their start
+    bad = {'image': image.at[0, 0, 0, 0].set(jnp.nan), 'label': ds.train_labels}
+    after, metrics = step(state, bad)
+    assert int(metrics['skipped']) == 1 and float(metrics['loss']) == 0.0
+    assert int(after.step) == int(state.step) + 1
+    for kept in ('params', 'batch_stats', 'opt_state'):
+        jax.tree_util.tree_map(np.testing.assert_array_equal,
+                               optax.tree_utils.tree_get(getattr(state, kept), 'inner_state')
+                               if kept == 'opt_state' else getattr(state, kept),
+                               optax.tree_utils.tree_get(getattr(after, kept), 'inner_state')
+                               if kept == 'opt_state' else getattr(after, kept))
+    again, metrics = step(after, good)
+    assert int(metrics['skipped']) == 0 and np.isfinite(float(metrics['loss']))
+    moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), after.params,
+                                   again.params)
+    assert all(jax.tree_util.tree_leaves(moved))
+
+
 def test_frozen_parameters_get_no_gradient_and_their_backward_pass_is_dropped():
     # Whole 'whiten' stem frozen: the step matches the optimizer-masked one, the
     # stem stays put, and the compiled step has fewer convolutions (no gradient
@@ -182,8 +212,9 @@ def test_jit_step_runs_the_input_batch_then_update_and_scans_k_steps():
     three = step.jit_step(feed.batch, setup.step_options, setup.mesh, steps=3)
     state = setup.init_state()
     order = feed.order_fn(state.step)
-    batch = feed.batch(jnp.asarray(0), data, order)
-    want, metrics = step.update(state, batch, setup.step_options, setup.mesh)
+    batch = jax.jit(feed.batch)(jnp.asarray(0), data, order)
+    want, metrics = jax.jit(lambda s, b: step.update(s, b, setup.step_options, setup.mesh))(
+        state, batch)
     got, got_metrics = one(setup.init_state(), data, order)
     for a, b in zip(jax.tree_util.tree_leaves(want.params), jax.tree_util.tree_leaves(got.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -11,12 +11,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxres import checkpointing, sharding, train
-from jaxres.data import datasets, prepare, streaming
+from jaxres.data import datasets, prepare, resident, streaming
 
 from conftest import ROOT, SHARED_DATA, imagenet_tree, random_dataset, read_cifar_jpegs
 from conftest import tiny_config
@@ -31,21 +32,46 @@ def _ops(train_=True, shape=(8, 8, 3)):
     return streaming.HostOps(train=train_, channels=shape[-1], out_shape=shape)
 
 
-def test_epoch_order_is_a_fresh_seeded_permutation_each_epoch():
-    order = streaming.EpochOrder(seed=3, num_records=10, examples_per_epoch=8)
+def test_epoch_order_is_the_resident_inputs_permutation_each_epoch():
+    key = jax.random.key(3)
+    order = streaming.EpochOrder.from_key(key, num_records=10, examples_per_epoch=8)
     epochs = [[order(e * 8 + i) for i in range(8)] for e in range(3)]
-    for e in epochs:
-        assert len(set(e)) == 8 and set(e) <= set(range(10))  # remainder dropped
+    for e, drawn in enumerate(epochs):
+        assert len(set(drawn)) == 8 and set(drawn) <= set(range(10))  # remainder dropped
+        assert drawn == resident.epoch_order(key, e, 10, 2, 4).ravel().tolist()
     assert epochs[0] != epochs[1]
-    again = streaming.EpochOrder(seed=3, num_records=10, examples_per_epoch=8)
-    assert [again(i) for i in range(8)] == epochs[0]
-    assert [streaming.EpochOrder(4, 10, 8)(i) for i in range(8)] != epochs[0]
+    other = streaming.EpochOrder.from_key(jax.random.key(4), 10, 8)
+    assert [other(i) for i in range(8)] != epochs[0]
+
+
+def test_streaming_and_resident_inputs_give_a_seed_the_same_batches():
+    """One order and one augmentation: the streamed batches of two epochs are the
+    resident input's, bit for bit."""
+    config = tiny_config(**{'input.kind': 'streaming', 'seed': 5})
+    ds = random_dataset(n_train=80)
+    mesh = sharding.make_data_mesh(jax.devices()[:1])
+    setup = train.TrainSetup.build(config, ds, mesh)
+    steps = 2 * setup.steps_per_epoch
+    stream = setup.streaming_input(ds.info(), steps, ds)
+    kept = setup.resident_input(resident.to_device(ds, mesh, config.eval_batch_size,
+                                                   setup.train_pp, packed=True))
+    state = setup.init_state()
+    try:
+        for step in range(steps):
+            state = state.replace(step=jnp.int32(step))
+            a = jax.jit(stream.batch)(state.step, *stream.step_args(step, state))
+            b = jax.jit(kept.batch)(state.step, *kept.step_args(step, state))
+            assert sorted(a) == sorted(b)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f'step {step}: {k}')
+    finally:
+        stream.close()
 
 
 @pytest.mark.parametrize('processes', [2, 4])
 def test_processes_read_disjoint_slices_that_make_the_one_process_batch(processes):
     src = _source()
-    kw = dict(seed=0, batch_size=8, steps_per_epoch=6, num_steps=9, host_ops=_ops())
+    kw = dict(data_key=jax.random.key(0), batch_size=8, steps_per_epoch=6, num_steps=9, host_ops=_ops())
     whole = streaming.train_dataset(src, process=(0, 1), **kw)
     parts = [streaming.train_dataset(src, process=(k, processes), **kw)
              for k in range(processes)]
@@ -85,8 +111,8 @@ def test_grain_workers_crop_jpegs_as_threads():
         src.append({'image': buf.getvalue(), 'label': i % 3})
     ops = streaming.HostOps(train=True, channels=3, out_shape=(16, 16, 3), image_size=16,
                             random_resized_crop=True, seed=4)
-    ds = streaming.train_dataset(src, seed=1, batch_size=8, steps_per_epoch=3, num_steps=3,
-                                 host_ops=ops, process=(0, 1))
+    ds = streaming.train_dataset(src, data_key=jax.random.key(1), batch_size=8, steps_per_epoch=3,
+                                 num_steps=3, host_ops=ops, process=(0, 1))
     threads = list(streaming.iterate(ds, workers=0, prefetch=2))
     workers = list(streaming.iterate(ds, workers=2, prefetch=2))
     assert len(threads) == len(workers) == 3
@@ -98,8 +124,9 @@ def test_grain_workers_crop_jpegs_as_threads():
 
 def test_grain_workers_give_the_same_batches_as_threads():
     src = _source()
-    ds = streaming.train_dataset(src, seed=1, batch_size=8, steps_per_epoch=6, num_steps=4,
-                                 host_ops=_ops(), process=(0, 1))
+    ds = streaming.train_dataset(src, data_key=jax.random.key(1), batch_size=8,
+                                 steps_per_epoch=6, num_steps=4, host_ops=_ops(),
+                                 process=(0, 1))
     threads = [b['index'] for b in streaming.iterate(ds, workers=0, prefetch=2)]
     workers = [b['index'] for b in streaming.iterate(ds, workers=2, prefetch=2)]
     np.testing.assert_array_equal(np.stack(threads), np.stack(workers))

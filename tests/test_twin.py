@@ -1,4 +1,4 @@
-"""benchmarks/twin.py: jaxres and the PyTorch port of a seed's recipe train alike.
+"""jaxres/tools/twin.py (``python benchmarks/twin.py``): jaxres and the PyTorch port of a seed's recipe train alike.
 
 Each recipe runs a few steps on synthetic data with a tiny model, no
 augmentation, from the same initial weights and on the same batches (PyTorch
@@ -25,7 +25,7 @@ torch = pytest.importorskip('torch')
 if importlib.util.find_spec('torchvision') is None:
     pytest.skip('torchvision is not installed (pip install -e ".[bench]")', allow_module_level=True)
 
-from benchmarks import torch_ports, twin, twin_table  # noqa: E402
+from jaxres.tools import torch_ports, twin  # noqa: E402
 from configs import (cifar10_preact, cifar10_resnet18, cifar10_resnet2111,  # noqa: E402
                      cifar10_resnet9, cifar10_resnet_b, cifar100_finetune_resnet18,
                      cifar100_preact, cifar100_resnet)
@@ -248,46 +248,3 @@ def test_torch_schedulers_give_jaxres_learning_rates(name, settings):
     want = [float(schedule(s)) for s in range(epochs * steps_per_epoch)]
     assert len(set(np.round(want, 8))) > 1 or name == 'constant'
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-9)
-
-
-def _runs(jaxres_acc, torch_acc):
-    """Two seeds' curves: accuracies per seed, per epoch; 10 s train + 2 s eval an epoch."""
-    curves = lambda acc: {'test_accuracy': acc, 'train_s': [10.0] * len(acc),  # noqa: E731
-                          'eval_s': [2.0] * len(acc)}
-    return [{'seed': s, 'num_train': 4000, 'num_eval': 2000, 'jaxres': curves(j),
-             'torch': curves(t)} for s, (j, t) in enumerate(zip(jaxres_acc, torch_acc))]
-
-
-def test_agreement_is_issue_21s_bound_at_every_epoch():
-    """|mean jaxres - mean PyTorch| <= max(1 point, 2 x the larger seed spread)."""
-    runs = _runs(jaxres_acc=[[0.30, 0.50], [0.32, 0.56]], torch_acc=[[0.31, 0.44], [0.31, 0.46]])
-    first, second = twin_table.agreement(runs)
-    assert first['jaxres_mean'] == pytest.approx(0.31) and first['torch_mean'] == 0.31
-    assert first['difference'] == pytest.approx(0.0) and first['spread'] == pytest.approx(0.02)
-    assert first['bound'] == pytest.approx(0.04) and first['within']
-    # epoch 2: 8 points apart; spreads 6 (jaxres) and 2 points: bound 12 points
-    assert second['difference'] == pytest.approx(0.08) and second['bound'] == pytest.approx(0.12)
-    assert second['within']
-    runs[0]['torch']['test_accuracy'][1] = 0.38  # 11 points apart, PyTorch's spread 8
-    assert twin_table.agreement(runs)[1]['within']  # a noisier seed pair widens the bound
-    runs[1]['torch']['test_accuracy'][1] = 0.38  # 15 points apart, spreads 6 and 0
-    assert not twin_table.agreement(runs)[1]['within']
-    flat = _runs([[0.5], [0.5]], [[0.509], [0.509]])  # no spread: the 1-point floor holds
-    assert twin_table.agreement(flat)[0]['bound'] == 0.01 and twin_table.agreement(flat)[0]['within']
-    assert not twin_table.agreement(_runs([[0.5], [0.5]], [[0.511], [0.511]]))[0]['within']
-
-
-def test_table_row_says_what_ran_and_whether_it_agreed():
-    assert twin_table.report_figure('configs/cifar10_resnet2111.py') == '93.81%'
-    assert twin_table.report_figure('configs/cifar10_resnet_b.py') == '70%'
-    assert twin_table.report_figure('configs/cifar100_preact.py') == '88.40% top-5'
-    runs = _runs(jaxres_acc=[[0.30, 0.50], [0.32, 0.56]], torch_acc=[[0.31, 0.44], [0.31, 0.46]])
-    result = {'config': 'configs/cifar10_resnet_b.py', 'epochs': 2, 'runs': runs,
-              'overrides': ['--config.dataset=cifar10_jpeg', '--config.data_dir=/d',
-                            '--config.schedule.decay_epochs=1']}
-    assert twin_table.row(result) == (
-        '| `cifar10_resnet_b` | 70% | 2 epochs, 4,000 train / 2,000 test images, seeds 0, 1; '
-        'schedule.decay_epochs=1 | 53.00% | 45.00% | +8.00 pt '
-        '| yes, 2 epochs (nearest the bound: epoch 2, 8.00 of 12.00 pt) | 12 | 12 |')
-    runs[0]['torch']['test_accuracy'][1] = runs[1]['torch']['test_accuracy'][1] = 0.38
-    assert '| **no**: epochs 2 |' in twin_table.row(result)

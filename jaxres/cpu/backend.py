@@ -43,7 +43,7 @@ def choose(config: ml_collections.ConfigDict, platform: str | None = None) -> Ch
     """Resolves ``config.backend`` for ``platform`` ('cpu', 'cuda', 'gpu', 'tpu', ...).
 
     ``platform`` defaults to JAX's default backend; pass 'cuda' or 'tpu' to see
-    (or lower, as ``tests/test_lowering.py`` does) what a run there would use.
+    (or lower, as ``tests/test_accelerators.py`` does) what a run there would use.
     """
     platform = platform or jax.default_backend()
     b = config.backend

@@ -139,14 +139,7 @@ class ImageDataset:
         so their last examples are all of the last classes: 'end' is refused when
         the training part would then miss a class.
         """
-        n = len(self.train_labels)
-        if not 0 < size < n:
-            raise DataError(f'validation_size={size} must be in (0, {n}).')
-        if take_from == 'end':
-            held = np.arange(n - size, n)
-        else:
-            held = np.sort(np.random.default_rng(0).permutation(n)[:size])
-        keep = np.setdiff1d(np.arange(n), held)
+        keep, held = hold_out(len(self.train_labels), size, take_from)
         missing = sorted(set(self.train_labels[held].tolist()) -
                          set(self.train_labels[keep].tolist()))
         if missing:
@@ -361,11 +354,42 @@ def describe(config: ml_collections.ConfigDict) -> DataInfo:
                             f'{sorted(info.splits)}.')
     metadata = dict(info.metadata or {})
     mean, std = metadata.get('mean'), metadata.get('std')
+    num_train, num_eval = (info.splits[config.train_split].num_examples,
+                           info.splits[eval_split].num_examples)
+    if config.validation_size > 0:  # held out of the training split (``hold_out``)
+        num_train, num_eval = num_train - config.validation_size, config.validation_size
     return DataInfo(
-        config.dataset, info.splits[config.train_split].num_examples,
-        info.splits[eval_split].num_examples, tuple(info.features['label'].names),
+        config.dataset, num_train, num_eval, tuple(info.features['label'].names),
         tuple(info.features['image'].shape), config.train_split, eval_split,
         tuple(mean) if mean else None, tuple(std) if std else None)
+
+
+def hold_out(num_train: int, size: int, take_from: str = 'random'
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) indices of a training split of ``num_train`` examples when
+    ``size`` are held out for validation (``ImageDataset.split_validation``): the
+    same examples on the resident and the streaming input."""
+    if not 0 < size < num_train:
+        raise DataError(f'validation_size={size} must be in (0, {num_train}).')
+    if take_from == 'end':
+        held = np.arange(num_train - size, num_train)
+    else:
+        held = np.sort(np.random.default_rng(0).permutation(num_train)[:size])
+    return np.setdiff1d(np.arange(num_train), held), held
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedSource:
+    """The records ``indices`` of a random-access ``source``, in that order."""
+
+    source: Sequence
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.source[int(self.indices[index])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,11 +418,11 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
         return (ArraySource(ds.train_images, ds.train_labels),
                 ArraySource(ds.eval_images, ds.eval_labels))
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    if config.validation_size > 0:
-        raise DataError('config.validation_size > 0 holds out part of a training set in '
-                        'memory; streaming input evaluates on a stored split instead: set '
-                        "--config.validation_size=0 (and --config.eval_split='validation' "
-                        'if the data set has one).')
+    if config.validation_size > 0 and config.validation_from == 'end':
+        raise DataError("config.validation_from='end' needs the labels of the whole training "
+                        'split (image folders are stored class by class: the last examples '
+                        'may miss classes), which streaming input does not read: use '
+                        "--config.validation_from=random.")
     if config.get('train_subset', 0) > 0:
         raise DataError('config.train_subset > 0 selects examples of a training set in '
                         'memory; streaming input reads the whole stored split: use '
@@ -425,6 +449,10 @@ def open_sources(config: ml_collections.ConfigDict, info: DataInfo,
             raise DataError(f'a file of dataset {config.dataset!r} split {split!r} is '
                             f'missing: {e}. Re-run python -m jaxres.prepare_data.') from None
 
+    if config.validation_size > 0:  # held out of the training split, as when resident
+        train = source(info.train_split)
+        kept, held = hold_out(len(train), config.validation_size, config.validation_from)
+        return IndexedSource(train, kept), IndexedSource(train, held)
     return source(info.train_split), source(info.eval_split)
 
 

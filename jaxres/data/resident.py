@@ -193,10 +193,16 @@ def to_device(ds: datasets.ImageDataset, mesh: Mesh, eval_batch_size: int,
 # --------------------------------------------------------------------------- #
 # Pure functions, used inside jit
 # --------------------------------------------------------------------------- #
+def permutation(data_key: Array, epoch: Array, num_examples: int) -> Array:
+    """The epoch's order of the examples: both inputs' (the streaming one computes it
+    on the host's CPU, ``streaming.EpochOrder``), so a seed draws the same batches."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+
+
 def epoch_order(data_key: Array, epoch: Array, num_examples: int, steps_per_epoch: int,
                 batch_size: int) -> Array:
     """(steps_per_epoch, batch_size) example indices of one epoch (remainder dropped)."""
-    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+    perm = permutation(data_key, epoch, num_examples)
     return perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
 
 

@@ -6,9 +6,10 @@ ArrayRecord format (``python -m jaxres.prepare_data`` writes one), read with
 ``tfds.data_source`` keeping the encoded image bytes, or arrays in memory.
 
 Order: example position p of the run (step p // B, slot p % B of a global batch
-of B) reads record ``perm(seed, epoch)[p mod (steps_per_epoch * B)]``, a NumPy
-permutation per epoch (the remainder of an epoch is dropped, as on the resident
-path).  Process k of P reads the k-th slice of B / P examples of every global
+of B) reads record ``perm(epoch)[p mod (steps_per_epoch * B)]``, the resident
+input's permutation of the epoch (``resident.permutation`` of the run's data key,
+computed on the host's CPU; the remainder of an epoch is dropped), so that a seed
+trains on the same batches, whichever input holds the data.  Process k of P reads the k-th slice of B / P examples of every global
 batch, so the global batch, its layout on the devices and each example's
 augmentation do not depend on the number of hosts or of grain workers.
 
@@ -34,16 +35,26 @@ import ml_collections
 import numpy as np
 
 from jaxres import sharding
-from jaxres.data import datasets, host_ops, preprocess
+from jaxres.data import datasets, host_ops, preprocess, resident
 
 
 @dataclasses.dataclass(frozen=True)
 class EpochOrder:
-    """Example position in the run -> record index: a seeded permutation per epoch."""
+    """Example position in the run -> record index: the resident input's permutation
+    per epoch (``resident.permutation``), from the data key's ``key_data`` (a tuple,
+    so that the order pickles into grain's workers).  Not grain's ``shuffle``: that
+    draws another permutation, and one order for both inputs gives a seed the same
+    batches whichever input holds the data."""
 
-    seed: int
+    key_data: tuple[int, ...]
     num_records: int
     examples_per_epoch: int
+
+    @classmethod
+    def from_key(cls, data_key: jax.Array, num_records: int, examples_per_epoch: int
+                 ) -> 'EpochOrder':
+        return cls(tuple(np.asarray(jax.random.key_data(data_key)).tolist()), num_records,
+                   examples_per_epoch)
 
     def __call__(self, position: int) -> int:
         epoch, within = divmod(int(position), self.examples_per_epoch)
@@ -51,7 +62,10 @@ class EpochOrder:
 
     @functools.lru_cache(maxsize=2)  # this epoch and the next: one permutation each
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+        # On the host's CPU: the run's accelerator is the training step's.
+        with jax.default_device(jax.local_devices(backend='cpu')[0]):
+            key = jax.random.wrap_key_data(np.asarray(self.key_data, np.uint32))
+            return np.asarray(resident.permutation(key, epoch, self.num_records))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,12 +186,12 @@ def process_slice(batches: grain.MapDataset, process: tuple[int, int] | None = N
     return batches[index::count]
 
 
-def train_dataset(source: Sequence, *, seed: int, batch_size: int, steps_per_epoch: int,
-                  num_steps: int, host_ops: HostOps, process: tuple[int, int] | None = None
-                  ) -> grain.MapDataset:
+def train_dataset(source: Sequence, *, data_key: jax.Array, batch_size: int,
+                  steps_per_epoch: int, num_steps: int, host_ops: HostOps,
+                  process: tuple[int, int] | None = None) -> grain.MapDataset:
     """This process's batches for steps 0 .. num_steps - 1 (lazy: nothing is read yet)."""
     count = process[1] if process else jax.process_count()
-    order = EpochOrder(seed, len(source), steps_per_epoch * batch_size)
+    order = EpochOrder.from_key(data_key, len(source), steps_per_epoch * batch_size)
     examples = grain.MapDataset.range(num_steps * batch_size).map(_ReadTrain(source, order))
     batches = examples.batch(batch_size // count, drop_remainder=True, batch_fn=host_ops)
     return process_slice(batches, process)
@@ -203,8 +217,16 @@ def iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.DatasetI
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (library use)
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                          per_worker_buffer_size=2))
+                                                          per_worker_buffer_size=2),
+                            worker_init_fn=_worker_on_cpu)
     return iter(it)
+
+
+def _worker_on_cpu(index: int, count: int) -> None:
+    """A grain worker computes the epoch order with JAX on the CPU only: it must not
+    start a client on the run's GPU/TPU (set before its first JAX computation)."""
+    del index, count
+    jax.config.update('jax_platforms', 'cpu')
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -265,7 +287,7 @@ class StreamingInput:
             crop_ratio=rrc['ratio'] if rrc else (3 / 4, 4 / 3), **common)
         self.train_source, self.eval_source = datasets.open_sources(config, info, ds)
         self.train_batches = train_dataset(
-            self.train_source, seed=config.seed, batch_size=config.batch_size,
+            self.train_source, data_key=batch.rngs.data, batch_size=config.batch_size,
             steps_per_epoch=steps_per_epoch, num_steps=num_steps, host_ops=self.train_ops)
         self.iterator = self._iterate(self.train_batches)
 

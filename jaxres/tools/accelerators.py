@@ -3,7 +3,7 @@
 * ``export_steps``: the train step and the eval step, sharded over a mesh,
   lowered with ``jax.export`` for ``platforms=('cuda', 'tpu')`` with the
   choices jaxres makes there (``backend.choose``: XLA convolutions, uint8
-  images), as ``tests/test_lowering.py`` checks for every config.
+  images), as ``tests/test_accelerators.py`` checks for every config.
 * ``step_memory``: XLA's memory analysis of the compiled train step (what one
   step allocates besides its inputs) for a per-device batch, behind the
   README's memory table (``benchmarks/memory_table.py``).

@@ -1,7 +1,8 @@
 """PyTorch ports of the seeds' models, and their weights to and from jaxres.
 
 One copy for tests/test_seed_models.py (each seed model against jaxres's, layer
-by layer) and benchmarks/twin.py (whole training runs side by side).  The
+by layer) and ``jaxres.tools.twin`` (whole training runs side by side).  Needs the
+torch extra.  The
 modules follow each seed's own code: kuangliu's CIFAR ResNet (seeds 000-002),
 Zhenye Na's net and torchvision's ResNet-18 layout (seed 004), and seed 003's
 Keras pre-activation network rewritten in PyTorch with TF 'same' padding.
@@ -13,8 +14,9 @@ scale/bias and running_mean/var <-> batch_stats mean/var.
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
+import types
 from typing import Any, Callable
 
 import jax
@@ -25,11 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from jaxres import models  # noqa: E402
+from jaxres import models
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {'relu': F.relu, 'elu': F.elu}
 
@@ -356,3 +354,19 @@ def load_flax(torch_model: nn.Module, variables: Any) -> nn.Module:
     if used != total:
         raise ValueError(f'{total - used} Flax variables have no PyTorch counterpart.')
     return torch_model
+
+
+def torchvision_transforms():
+    """torchvision.transforms, also from a CUDA wheel next to a CPU-only torch.
+
+    Such a wheel's _C.so cannot load, and registering fake kernels for its
+    missing detection ops then fails at import; the transforms do not need them.
+    """
+    try:
+        return importlib.import_module('torchvision.transforms')
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
+            del sys.modules[name]
+        sys.modules['torchvision._meta_registrations'] = types.ModuleType(
+            'torchvision._meta_registrations')
+        return importlib.import_module('torchvision.transforms')

@@ -1,0 +1,107 @@
+"""The twin runs' table of record (issue 21) from ``benchmarks/twin.py``'s outputs.
+
+    python benchmarks/twin_table.py OUT/twin.json [OUT2/twin.json ...]
+
+One markdown row per twin run: the config, the figure its seed's report gives (the
+config docstring's "Expected:"), what ran here, the mean test accuracy of each
+framework over the seeds at the last epoch and their difference, whether the
+difference stayed within issue 21's bound (max(1 point, 2 x seed spread)) at every
+evaluated epoch, and the seconds per epoch (train + eval) of each framework, the
+mean over seeds of epochs 2.. (jaxres's first epoch includes compiling; a 1-epoch run
+says so).
+
+``agreement`` is that acceptance, epoch by epoch; ``benchmarks/twin.py`` writes it
+into twin.json.  This module needs numpy only.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HEADER = ('| config | report | run here | jaxres | PyTorch | difference | within the bound '
+          '| s/epoch jaxres | s/epoch PyTorch |\n| --- | --- | --- | ---: | ---: | ---: | --- '
+          '| ---: | ---: |')
+QUIET = ('--config.dataset=', '--config.data_dir=')  # where the data lies, not the recipe
+
+
+def agreement(runs: list[dict], floor: float = 0.01) -> list[dict]:
+    """Issue 21's acceptance, per evaluated epoch: the mean test accuracy of each
+    framework over the seeds, their difference (jaxres - PyTorch), the seed-to-seed
+    spread (the larger of the two frameworks' max - min over seeds) and whether
+    |difference| <= max(``floor``, 2 x spread)."""
+    rows = []
+    for e in range(min(len(r[fw]['test_accuracy']) for r in runs for fw in ('jaxres', 'torch'))):
+        acc = {fw: [r[fw]['test_accuracy'][e] for r in runs] for fw in ('jaxres', 'torch')}
+        mean = {fw: float(np.mean(a)) for fw, a in acc.items()}
+        spread = max(float(np.ptp(a)) for a in acc.values())
+        diff, bound = mean['jaxres'] - mean['torch'], max(floor, 2 * spread)
+        rows.append({'epoch': e + 1, 'jaxres_mean': round(mean['jaxres'], 6),
+                     'torch_mean': round(mean['torch'], 6), 'difference': round(diff, 6),
+                     'spread': round(spread, 6), 'bound': round(bound, 6),
+                     'within': bool(abs(diff) <= bound)})
+    return rows
+
+
+def report_figure(config_path: str) -> str:
+    """The "Expected: ..." figure of a config's docstring, e.g. '93.81%'."""
+    with open(config_path, encoding='utf-8') as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ''
+    found = re.search(r'Expected:\s*((?:about\s+)?[\d.-]+%(?:\s+top-5)?)', doc)
+    return found.group(1) if found else '-'
+
+
+def seconds_per_epoch(runs: list[dict], framework: str) -> float:
+    """Mean train + eval seconds per epoch over the seeds, epochs 2.. when there are."""
+    per_epoch = [np.add(r[framework]['train_s'], r[framework]['eval_s']) for r in runs]
+    return float(np.mean([s[1:] if len(s) > 1 else s for s in per_epoch]))
+
+
+def row(result: dict, root: str = ROOT) -> str:
+    """The table row of one twin.json."""
+    runs = result['runs']
+    epochs = agreement(runs)  # derived from the curves (older twin.json files lack it)
+    last = epochs[-1]
+    missed = [a['epoch'] for a in epochs if not a['within']]
+    worst = max(epochs, key=lambda a: abs(a['difference']) - a['bound'])
+    within = (f'yes, {len(epochs)} epoch{"s" * (len(epochs) > 1)} (nearest the bound: epoch {worst["epoch"]}, '
+              f'{abs(worst["difference"]) * 100:.2f} of {worst["bound"] * 100:.2f} pt)'
+              if not missed
+              else f'**no**: epochs {", ".join(map(str, missed))}')
+    settings = [o.removeprefix('--config.') for o in result['overrides']
+                if not o.startswith(QUIET)]
+    ran = (f'{result["epochs"]} epoch{"s" * (result["epochs"] > 1)}, '
+           f'{runs[0]["num_train"]:,} train / '
+           f'{runs[0]["num_eval"]:,} test images, seeds '
+           f'{", ".join(str(r["seed"]) for r in runs)}'
+           + (f'; {", ".join(settings)}' if settings else ''))
+    name = os.path.splitext(os.path.basename(result['config']))[0]
+    compiling = ' (with compiling)' if len(epochs) == 1 else ''
+    return (f'| `{name}` | {report_figure(os.path.join(root, result["config"]))} | {ran} '
+            f'| {last["jaxres_mean"]:.2%} | {last["torch_mean"]:.2%} '
+            f'| {last["difference"] * 100:+.2f} pt | {within} '
+            f'| {seconds_per_epoch(runs, "jaxres"):.0f}{compiling} '
+            f'| {seconds_per_epoch(runs, "torch"):.0f} |')
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print(__doc__.strip().split('\n\n')[1], file=sys.stderr)
+        return 2
+    print(HEADER)
+    for path in paths:
+        with open(path, encoding='utf-8') as f:
+            print(row(json.load(f)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
