@@ -25,8 +25,10 @@ if os.environ.get('CI') == 'true':
     # CI runs the PyTorch parity tests (test_seed_models, test_twin, ...); without
     # torch they would skip, so a CI machine without it fails here instead.
     import importlib
-    for required in ('torch', 'torchvision'):
-        importlib.import_module(required)
+    import importlib.util
+    importlib.import_module('torch')  # an import that fails says why
+    if importlib.util.find_spec('torchvision') is None:  # imported as torch_ports does
+        raise ImportError('CI needs torchvision (.ci/run installs it)')
 
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'cifar10-jpeg.tar.gz')
 

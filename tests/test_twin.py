@@ -130,11 +130,57 @@ def test_training_steps_match_pytorch(recipe, tmp_path):
     assert not np.allclose(bad['test_loss'], jaxres_run['test_loss'], rtol=eval_rtol)
 
 
+def test_same_batches_give_pytorch_jaxres_augmented_inputs_and_equal_losses(tmp_path):
+    """--same_batches: with crops and flips on, PyTorch trains on jaxres's own model
+    inputs, so the per-step losses agree as closely as without augmentation; with its
+    own (equally distributed) augmentation they do not."""
+    module, overrides, _ = RECIPES['resnet18_sgd_warmup_cosine']
+    config = _config(module, {**overrides, 'data.train_pp': 'crop(2)|flip_lr|normalize'})
+    ds = datasets.load_dataset(config)
+    variables, setup = twin.initial_state(config, ds)
+    config.log_every_steps = 1
+    jaxres_run = twin.run_jaxres(config, str(tmp_path / 'jaxres'), setup.steps_per_epoch)
+    batches = twin.jaxres_batches(setup, ds)
+    first = next(batches(0))
+    assert first[0].shape == (16, 8, 8, 3) and first[0].dtype == np.float32
+    same = twin.run_torch(setup.config, ds, variables, seed=0, batches=batches)
+    want = np.array(jaxres_run['step_loss'])
+    assert len(want) == STEPS and np.ptp(want) > 0.05
+    np.testing.assert_allclose(same['step_loss'], want, rtol=RTOL)
+    own = twin.run_torch(setup.config, ds, variables, seed=0, order=twin.epoch_orders(setup))
+    assert not np.allclose(own['step_loss'], want, rtol=RTOL)
+
+
+def test_draws_are_read_back_from_coordinate_images():
+    image = twin.coordinate_image(32)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    for dy, dx, flip in ((0, 0, 0), (8, 3, 1), (4, 4, 0), (2, 8, 1)):
+        out = padded[dy:dy + 32, dx:dx + 32]
+        out = out[:, ::-1] if flip else out
+        assert twin.decode_draws(out[None], 4).tolist() == [[dy, dx, flip]]
+
+
+def test_both_sides_draw_crops_and_flips_alike_and_a_different_padding_is_caught():
+    module, overrides, _ = RECIPES['resnet18_sgd_warmup_cosine']
+    config = _config(module, {**overrides, 'data.train_pp': 'crop(4)|flip_lr|normalize',
+                              'data.mean': (0.5, 0.5, 0.5), 'data.std': (0.25, 0.25, 0.25)})
+    draws = twin.augmentation_draws(config, 20_000)
+    for side in ('jaxres', 'torch'):
+        assert draws[side].min(0).tolist() == [0, 0, 0]
+        assert draws[side].max(0).tolist() == [8, 8, 1]
+    same = twin.same_draw_distribution(draws)
+    assert same['draws'] == 20_000 and same['cells'] == 162 and same['p_value'] > 1e-3
+    config.data.train_pp = 'crop(3)|flip_lr|normalize'
+    other = twin.augmentation_draws(config, 20_000)
+    mixed = {'jaxres': draws['jaxres'], 'torch': other['torch'] + 1}  # dy, dx in [1, 7]
+    assert twin.same_draw_distribution(mixed)['p_value'] < 1e-6
+
+
 def test_cli_writes_both_curves_side_by_side(tmp_path, capsys):
     """Seed 002's recipe (SGD, CosineAnnealingLR per epoch) through the command line."""
     overrides = [f'--config.{k}={v}' for k, v in TINY.items() if k != 'num_epochs']
     assert twin.main(['configs/cifar10_resnet9.py', '--epochs', '2', '--train_subset', '40',
-                      '--test_subset', '16', '--same_order', '--out', str(tmp_path),
+                      '--test_subset', '16', '--same_batches', '--out', str(tmp_path),
                       '--config.schedule.learning_rate=0.05', *overrides]) == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith('{')]
     assert [(r['seed'], r['epoch']) for r in lines] == [(0, 1), (0, 2)]
@@ -148,6 +194,7 @@ def test_cli_writes_both_curves_side_by_side(tmp_path, capsys):
             assert row[f'torch_{key}'] == pytest.approx(row[f'jaxres_{key}'], rel=RTOL), key
         assert row['jaxres_train_s'] > 0 and row['torch_eval_s'] > 0
     assert [(a['epoch'], a['within']) for a in result['agreement']] == [(1, True), (2, True)]
+    assert result['same_batches'] and [p['seeds'] for p in result['paired']] == [1, 1]
     assert (tmp_path / 'twin.png').stat().st_size > 10_000
 
 

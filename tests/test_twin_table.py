@@ -46,3 +46,33 @@ def test_table_row_says_what_ran_and_whether_it_agreed():
         '| yes, 2 epochs (nearest the bound: epoch 2, 8.00 of 12.00 pt) | 12 | 12 |')
     runs[0]['torch']['test_accuracy'][1] = runs[1]['torch']['test_accuracy'][1] = 0.38
     assert '| **no**: epochs 2 |' in twin_table.row(result)
+
+
+def test_paired_statistic_on_known_differences():
+    """Per-seed differences 1.9, 2.0, 2.1 pt: mean 2 pt, sd 0.1 pt, se 0.1/sqrt(3) pt;
+    the 95% interval is mean +- t(0.975, 2) * se, D = (t(0.975, 2) + t(0.8, 2)) * se."""
+    torch_acc = [[0.50], [0.60], [0.70]]
+    jaxres_acc = [[0.519], [0.62], [0.721]]
+    (p,) = twin_table.paired(_runs(jaxres_acc, torch_acc))
+    se = 0.001 / 3 ** 0.5
+    t975, t80 = 4.302652729749462, 1.0606601717798214  # scipy.stats.t.ppf(., 2)
+    assert p['seeds'] == 3 and p['differences'] == [0.019, 0.02, 0.021]
+    assert p['mean'] == pytest.approx(0.02)
+    assert (p['low'], p['high']) == (pytest.approx(0.02 - t975 * se, abs=1e-6),
+                                     pytest.approx(0.02 + t975 * se, abs=1e-6))
+    assert p['detectable'] == pytest.approx((t975 + t80) * se, abs=1e-6)
+    assert p['verdict'] == 'bias detected' and not p['passes']  # the interval excludes 0
+    assert twin_table.paired_line(p).startswith('epoch 1: bias detected at 3 seeds: '
+                                                'jaxres - PyTorch +2.00 pt')
+    # Differences around 0 with little scatter: none detected, and D under 1 pt passes.
+    (q,) = twin_table.paired(_runs([[0.501], [0.599], [0.7005], [0.6]],
+                                   [[0.5], [0.6], [0.7], [0.6]]))
+    assert q['verdict'] == 'none detected' and q['low'] < 0 < q['high']
+    assert q['detectable'] < 0.01 and q['passes']
+    assert 'passes' in twin_table.paired_line(q)
+    # Many seeds whose scatter is wide: none detected, but D > 1 pt does not pass.
+    (w,) = twin_table.paired(_runs([[0.55], [0.45], [0.52], [0.47]],
+                                   [[0.5], [0.5], [0.5], [0.5]]))
+    assert w['verdict'] == 'none detected' and w['detectable'] > 0.01 and not w['passes']
+    (one,) = twin_table.paired(_runs([[0.5]], [[0.4]]))  # one seed: nothing to conclude
+    assert one['detectable'] == float('inf') and one['verdict'] == 'none detected'

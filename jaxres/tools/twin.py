@@ -1,7 +1,8 @@
 """Twin runs: a jaxres recipe and a PyTorch port of its seed's code, side by side.
 
     python benchmarks/twin.py configs/cifar10_resnet2111.py [--epochs N] [--train_subset N]
-        [--test_subset N] [--seeds 0 1] [--out DIR] [--same_order] [--torch_workers N]
+        [--test_subset N] [--seeds 0 1] [--out DIR] [--same_order | --same_batches]
+        [--check_draws N] [--torch_workers N]
         [--config.key=value ...]
 
 For each seed (``config.seed`` and ``torch.manual_seed``), jaxres trains the config
@@ -17,13 +18,20 @@ CosineAnnealingLR, ...), and evaluation in eval mode.  Both start from jaxres's
 initial parameters and BN statistics, read the same examples through the same
 loader (``datasets.load_dataset``: ``--train_subset`` is a fixed class-balanced
 part) and train for the same epochs.  ``--same_order`` makes PyTorch take
-jaxres's batches in jaxres's order (each framework still augments its own way).
+jaxres's batches in jaxres's order (each framework still augments its own way);
+``--same_batches`` makes PyTorch train on jaxres's own model inputs (its order,
+crops, flips and normalisation: ``jaxres_batches``), so that the arithmetic of the
+two frameworks is all that differs.  ``--check_draws N`` first tests whether the
+two sides' own crop and flip draws follow the same distribution (a chi-square on N
+draws a side, ``same_draw_distribution``).
 
 Writes OUT/twin.json (per seed and epoch, for each framework: train loss, test
 loss, test accuracy and wall time; ``agreement``: issue 21's acceptance per epoch,
-|mean jaxres - mean PyTorch| <= max(1 point, 2 x seed spread)), OUT/twin.png (the
+|mean jaxres - mean PyTorch| <= max(1 point, 2 x seed spread); ``paired``: the
+per-seed differences, their 95% t interval and the smallest detectable bias D,
+``twin_table.paired``), OUT/twin.png (the
 curves of both), the jaxres workdirs OUT/jaxres_seed{S}, and prints one JSON line
-per epoch, then the agreement.  ``benchmarks/twin_table.py`` turns twin.json files
+per epoch, then the agreement and the paired verdict.  ``benchmarks/twin_table.py`` turns twin.json files
 into the table of record.  The
 hyper-parameters are the config's (each config documents how it follows its
 seed's code); the CIFAR-100 recipes run on CIFAR-10 data with
@@ -46,8 +54,10 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -55,7 +65,7 @@ from jaxres import config_validation, metric_logging
 from jaxres import main as jaxres_main
 from jaxres import sharding, train
 from jaxres.data import datasets, preprocess, resident
-from jaxres.tools.twin_table import agreement
+from jaxres.tools.twin_table import agreement, paired, paired_line
 
 try:  # torch and torchvision are the bench extra; main() says how to install them
     import torch
@@ -129,6 +139,30 @@ def initial_state(config: ml_collections.ConfigDict, ds: datasets.ImageDataset
         state = finetune.init_from(state, config.init_from, setup.mesh,
                                    config.checkpoint.best_metric)
     return {'params': state.params, 'batch_stats': state.batch_stats}, setup
+
+
+def jaxres_batches(setup: train.TrainSetup, ds: datasets.ImageDataset
+                   ) -> Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """epoch -> jaxres's own model inputs of each step of that epoch, as (NHWC float
+    images, labels) on the host: its order, crops, flips and normalisation, computed
+    by the function the jitted step runs (``ResidentInput.batch``).  What
+    ``--same_batches`` feeds PyTorch, so that only the two frameworks' arithmetic
+    differs."""
+    feed = setup.resident_input(resident.to_device(
+        ds, setup.mesh, setup.config.eval_batch_size, setup.train_pp,
+        packed=setup.choices.packed_pixels))
+    batch = jax.jit(feed.batch)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        first = epoch * setup.steps_per_epoch
+        order = feed.order_fn(jnp.int32(first))
+        for step in range(first, first + setup.steps_per_epoch):
+            b = jax.device_get(batch(jnp.int32(step), feed.data, order))
+            if 'mixed_label' in b:
+                raise TwinError('--same_batches feeds PyTorch images and one label each: a '
+                                'spec with mixup or cutmix mixes two; leave --same_batches out.')
+            yield np.asarray(b['image'], np.float32), np.asarray(b['label'])
+    return epoch_batches
 
 
 def epoch_orders(setup: train.TrainSetup) -> Callable[[int], np.ndarray]:
@@ -263,6 +297,83 @@ def torch_transforms(config: ml_collections.ConfigDict, size: int, train_split: 
     return T.Compose(steps + [T.ToTensor(), T.Normalize(tuple(d.mean), tuple(d.std))])
 
 
+# --------------------------------------------------------------------------- #
+# The two sides' augmentation draws
+# --------------------------------------------------------------------------- #
+def coordinate_image(size: int) -> np.ndarray:
+    """(size, size, 3) uint8 whose pixels name their place: channel 0 = row + 1,
+    channel 1 = column + 1 (0 is left to padding)."""
+    r, c = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
+    return np.stack([r + 1, c + 1, np.zeros_like(r)], -1).astype(np.uint8)
+
+
+def decode_draws(images: np.ndarray, padding: int) -> np.ndarray:
+    """(N, 3) [dy, dx, flipped] of augmented coordinate images (uint8 NHWC): the
+    crop offset in the padded image ([0, 2 x padding]) and the mirror flip, read
+    from the centre pixel and its right neighbour (inside the image for any crop)."""
+    size = images.shape[2]
+    c = size // 2
+    row = images[:, c, c, 0].astype(int) - 1
+    col, right = images[:, c, c, 1].astype(int) - 1, images[:, c, c + 1, 1].astype(int) - 1
+    flipped = right < col
+    dx = np.where(flipped, col - (size - 1 - c), col - c) + padding
+    return np.stack([row - c + padding, dx, flipped.astype(int)], -1)
+
+
+def _to_uint8(normalized: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+    """NHWC model inputs back to pixels (undoing ``normalize``)."""
+    x = normalized * np.asarray(config.data.std) + np.asarray(config.data.mean)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def augmentation_draws(config: ml_collections.ConfigDict, n: int, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+    """``n`` crop-and-flip draws of each side for ``config.data.train_pp`` (crop and
+    flip_lr only): jaxres's over the examples of consecutive steps of 5,000 (its
+    per-example keys), torchvision's transforms applied n times; each (n, 3)
+    [dy, dx, flipped]."""
+    pipeline = preprocess.Preprocess.from_config(config)
+    names = [s.name for s in pipeline.steps]
+    crops = [s for s in pipeline.steps if s.name == 'crop']
+    if set(names) - {'crop', 'flip_lr', 'normalize'} or len(crops) > 1 or any(
+            s['mode'] != 'random' for s in pipeline.steps if s.name == 'flip_lr'):
+        raise TwinError(f'the draw check covers one crop and random flip_lr; data.train_pp '
+                        f'is {config.data.train_pp!r}.')
+    padding = crops[0]['padding'] if crops else 0
+    size = 32
+    image = coordinate_image(size)
+    key = jax.random.key(seed)
+    augment = jax.jit(lambda x, idx, step: preprocess.augment_batch(
+        x, jnp.zeros(len(idx), jnp.int32), idx, step, jnp.int32(0), key, pipeline)['image'])
+    chunks, chunk = [], 5000
+    for step, start in enumerate(range(0, n, chunk)):  # the keys: (epoch, step, slot)
+        idx = jnp.arange(start, min(n, start + chunk))
+        x = jnp.broadcast_to(jnp.asarray(image), (len(idx),) + image.shape)
+        chunks.append(decode_draws(_to_uint8(np.asarray(augment(x, idx, jnp.int32(step))),
+                                             config), padding))
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(seed)
+    transform = torch_transforms(config, size, train_split=True)
+    pil = Image.fromarray(image)
+    torch_images = np.stack([transform(pil).numpy().transpose(1, 2, 0) for _ in range(n)])
+    return {'jaxres': np.concatenate(chunks),
+            'torch': decode_draws(_to_uint8(torch_images, config), padding)}
+
+
+def same_draw_distribution(draws: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Chi-square test of homogeneity of the two sides' joint (dy, dx, flipped)
+    draws: a small p-value says they are drawn from different distributions."""
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    cells = sorted({tuple(d) for side in draws.values() for d in side.tolist()})
+    index = {c: i for i, c in enumerate(cells)}
+    table = np.zeros((2, len(cells)), int)
+    for row, side in enumerate(('jaxres', 'torch')):
+        np.add.at(table[row], [index[tuple(d)] for d in draws[side].tolist()], 1)
+    chi2, p_value, dof, _ = stats.chi2_contingency(table)
+    return {'draws': int(table[0].sum()), 'cells': len(cells), 'chi2': float(chi2),
+            'dof': int(dof), 'p_value': float(p_value)}
+
+
 def torch_optimizer(config: ml_collections.ConfigDict, model: Any) -> Any:
     """torch.optim.SGD or Adam; coupled weight decay is their ``weight_decay``."""
     o, lr = config.optimizer, config.schedule.learning_rate
@@ -357,12 +468,15 @@ def torch_evaluate(model: Any, loader: Any) -> tuple[float, float]:
 
 
 def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, variables: dict,
-              seed: int, order: Callable[[int], np.ndarray] | None = None, workers: int = 0
+              seed: int, order: Callable[[int], np.ndarray] | None = None, workers: int = 0,
+              batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None
               ) -> dict[str, list]:
     """Trains the seed port from ``variables`` for ``config.num_epochs`` (``config`` with
     its data.mean/std resolved, as ``TrainSetup.config``); per-epoch curves, step losses.
 
-    ``order`` (epoch -> (steps, batch) indices) replaces the shuffling DataLoader.
+    ``order`` (epoch -> (steps, batch) indices) replaces the shuffling DataLoader;
+    ``batches`` (``jaxres_batches``) replaces the loader and its transforms: PyTorch
+    trains on jaxres's own model inputs.
     """
     torch.manual_seed(seed)  # dropout masks and the DataLoader's shuffle
     model = torch_ports.load_flax(torch_ports.from_config(config.model, ds.num_classes),
@@ -383,8 +497,14 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
         num_workers=workers, generator=torch.Generator().manual_seed(seed))
     curves: dict[str, list] = {k: [] for k in CURVES + ('step_loss',)}
     for epoch in range(epochs):
-        loader = shuffled if order is None else torch.utils.data.DataLoader(
-            train_set, batch_sampler=order(epoch).tolist(), num_workers=workers)
+        if batches is not None:
+            loader = ((torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
+                       torch.from_numpy(y.astype(np.int64))) for x, y in batches(epoch))
+        elif order is not None:
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_sampler=order(epoch).tolist(), num_workers=workers)
+        else:
+            loader = shuffled
         t = time.perf_counter()
         model.train()
         losses = []
@@ -409,7 +529,7 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
 # A twin run and its outputs
 # --------------------------------------------------------------------------- #
 def run_seed(config: ml_collections.ConfigDict, seed: int, out: str, *,
-             same_order: bool = False, workers: int = 0,
+             same_order: bool = False, same_batches: bool = False, workers: int = 0,
              log_every_steps: int | None = None, test_subset: int = 0) -> dict[str, Any]:
     """jaxres then PyTorch for one seed, from the same initial weights and data.
 
@@ -427,7 +547,8 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, out: str, *,
     jaxres_run = run_jaxres(config, os.path.join(out, f'jaxres_seed{seed}'),
                             setup.steps_per_epoch, ds)
     torch_run = run_torch(setup.config, ds, variables, seed,
-                          epoch_orders(setup) if same_order else None, workers)
+                          epoch_orders(setup) if same_order else None, workers,
+                          jaxres_batches(setup, ds) if same_batches else None)
     return {'seed': seed, 'num_train': len(ds.train_labels), 'num_eval': len(ds.eval_labels),
             'eval_split': 'validation' if config.validation_size > 0 else config.eval_split,
             'steps_per_epoch': setup.steps_per_epoch, 'jaxres': jaxres_run, 'torch': torch_run}
@@ -485,6 +606,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument('--out', default=None, help='default: runs/twin/CONFIG_NAME')
     parser.add_argument('--same_order', action='store_true',
                         help="PyTorch takes jaxres's batches in jaxres's order")
+    parser.add_argument('--same_batches', action='store_true',
+                        help="PyTorch trains on jaxres's own augmented, normalised batches")
+    parser.add_argument('--check_draws', type=int, default=0,
+                        help="first compare N crop/flip draws of both sides (chi-square)")
     parser.add_argument('--torch_workers', type=int, default=0,
                         help='DataLoader worker processes (0: in the training process)')
     args, rest = parser.parse_known_args(argv)
@@ -507,10 +632,19 @@ def main(argv: list[str] | None = None) -> int:
         base = twin_config(jaxres_main.load_config(args.config, overrides), args.seeds[0],
                            args.epochs, args.train_subset)
         os.makedirs(out, exist_ok=True)
+        draws = None
+        if args.check_draws:
+            draws = same_draw_distribution(augmentation_draws(
+                train.TrainSetup.build(base, datasets.load_dataset(base),
+                                       sharding.make_data_mesh()).config, args.check_draws))
+            print(f'augmentation draws: {draws["draws"]:,} a side over {draws["cells"]} '
+                  f'(dy, dx, flip) cells: chi-square {draws["chi2"]:.1f}, {draws["dof"]} dof, '
+                  f'p = {draws["p_value"]:.3f}', flush=True)
         runs = []
         for seed in args.seeds:
             runs.append(run_seed(base, seed, out, same_order=args.same_order,
-                                 workers=args.torch_workers, test_subset=args.test_subset))
+                                 same_batches=args.same_batches, workers=args.torch_workers,
+                                 test_subset=args.test_subset))
             for row in side_by_side(runs[-1:]):
                 print(json.dumps(row), flush=True)
     except (TwinError, config_validation.ConfigError, datasets.DataError) as e:
@@ -518,9 +652,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = {'config': args.config, 'overrides': overrides, 'epochs': int(base.num_epochs),
               'train_subset': base.train_subset, 'test_subset': args.test_subset,
-              'same_order': args.same_order,
+              'same_order': args.same_order, 'same_batches': args.same_batches,
+              'augmentation_draws': draws,
               'torch_version': torch.__version__, 'runs': runs,
               'epochs_side_by_side': side_by_side(runs), 'agreement': agreement(runs),
+              'paired': paired(runs),
               'note': "train_s/eval_s: seconds per epoch; jaxres's epoch 1 includes loading "
                       'the data and compiling.'}
     with open(os.path.join(out, 'twin.json'), 'w', encoding='utf-8') as f:
@@ -532,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
               f'PyTorch {row["torch_mean"]:.2%}, difference {row["difference"]:+.2%}, '
               f'bound {row["bound"]:.2%} (seed spread {row["spread"]:.2%}): '
               f'{"within" if row["within"] else "OUTSIDE"}')
+    for p in result['paired']:
+        print(paired_line(p))
     print(f'wrote {os.path.join(out, "twin.json")} and {png}')
     return 0
 

@@ -10,8 +10,10 @@ evaluated epoch, and the seconds per epoch (train + eval) of each framework, the
 mean over seeds of epochs 2.. (jaxres's first epoch includes compiling; a 1-epoch run
 says so).
 
-``agreement`` is that acceptance, epoch by epoch; ``benchmarks/twin.py`` writes it
-into twin.json.  This module needs numpy only.
+``agreement`` is that acceptance, epoch by epoch; ``paired`` the paired statistic
+(issue 32: per-seed differences, their t interval and the smallest detectable bias
+D); ``benchmarks/twin.py`` writes both into twin.json.  This module needs numpy and
+scipy only.
 """
 
 from __future__ import annotations
@@ -48,6 +50,50 @@ def agreement(runs: list[dict], floor: float = 0.01) -> list[dict]:
                      'spread': round(spread, 6), 'bound': round(bound, 6),
                      'within': bool(abs(diff) <= bound)})
     return rows
+
+
+def paired(runs: list[dict], confidence: float = 0.95, power: float = 0.8,
+           goal: float = 0.01) -> list[dict]:
+    """Per evaluated epoch, the paired comparison of the seeds (each seed gives both
+    frameworks the same initial weights, and with ``--same_batches`` the same
+    batches): the per-seed differences jaxres - PyTorch in test accuracy, their
+    mean, its two-sided t interval at ``confidence``, and D, the smallest bias this
+    many seeds detect with ``power`` at that level,
+    ``(t[1 - alpha/2] + t[power]) * sd / sqrt(n)``, both t with n - 1 degrees of
+    freedom (D = inf with one seed).  ``verdict``: 'bias detected' when the
+    interval excludes 0; otherwise none detected, and ``passes`` when D <= ``goal``.
+    """
+    from scipy import stats  # pylint: disable=g-import-not-at-top  (scikit-learn's dependency)
+    rows = []
+    for e in range(min(len(r[fw]['test_accuracy']) for r in runs for fw in ('jaxres', 'torch'))):
+        d = np.array([r['jaxres']['test_accuracy'][e] - r['torch']['test_accuracy'][e]
+                      for r in runs])
+        n, mean = len(d), float(np.mean(d))
+        if n > 1:
+            se = float(np.std(d, ddof=1)) / np.sqrt(n)
+            t_level = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+            low, high = mean - t_level * se, mean + t_level * se
+            detectable = (t_level + float(stats.t.ppf(power, n - 1))) * se
+        else:
+            low, high, detectable = -np.inf, np.inf, np.inf
+        detected = not low <= 0 <= high
+        rows.append({'epoch': e + 1, 'seeds': n, 'differences': [round(float(x), 6) for x in d],
+                     'mean': round(mean, 6), 'low': round(float(low), 6),
+                     'high': round(float(high), 6), 'detectable': round(float(detectable), 6),
+                     'verdict': 'bias detected' if detected else 'none detected',
+                     'passes': bool(not detected and detectable <= goal)})
+    return rows
+
+
+def paired_line(p: dict) -> str:
+    """One line of ``paired``'s verdict for an epoch."""
+    interval = f'[{p["low"] * 100:+.2f}, {p["high"] * 100:+.2f}] pt'
+    if p['verdict'] == 'bias detected':
+        return (f'epoch {p["epoch"]}: bias detected at {p["seeds"]} seeds: jaxres - PyTorch '
+                f'{p["mean"] * 100:+.2f} pt, 95% interval {interval}')
+    return (f'epoch {p["epoch"]}: no bias detected at {p["seeds"]} seeds (mean '
+            f'{p["mean"] * 100:+.2f} pt, 95% interval {interval}), smallest detectable bias '
+            f'D = {p["detectable"] * 100:.2f} pt: {"passes" if p["passes"] else "D > 1 pt"}')
 
 
 def report_figure(config_path: str) -> str:
