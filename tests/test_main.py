@@ -48,3 +48,16 @@ def test_a_user_error_exits_2_with_one_line_and_summary_counts_parameters(capsys
         "error: --mode='bogus' is not valid; choose train, eval, predict, export or summary.")
     assert main.run(config, str(tmp_path), 'summary') == 0
     assert capsys.readouterr().out.rstrip().endswith('Total parameters: 11,173,962')
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('--config.schedule.learning_rate=-1', 'config.schedule.learning_rate=-1.0 must be >= 0'),
+    ('--config.model.block=resnext', "config.model.block='resnext' is not valid"),
+    ('--config.data.train_pp=crop(4)|flip', "unknown preprocessing op 'flip'"),
+])
+def test_an_invalid_config_stops_training_with_one_error_line(override, expected, capsys,
+                                                               tmp_path):
+    config = main.load_config(os.path.join(ROOT, 'configs', 'quickstart.py'), [override])
+    assert main.run(config, str(tmp_path / 'w'), 'train') == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and expected in err and '\n' not in err
