@@ -111,11 +111,11 @@ def train_step(state: TrainState, batch: dict[str, Array], *, dropout_key: Array
     (``lax.scan``); their gradients are averaged into one update and the
     BatchNorm statistics (each micro-batch's own) are threaded through them.
 
-    With ``skip_nonfinite`` a step whose loss or gradients are not finite leaves
-    params, BN statistics and optimizer state unchanged (only the step advances,
-    so the data order stays that of the uninterrupted run) and counts as skipped:
-    the optimizer (``optax.apply_if_finite``, ``optim.create_optimizer``) keeps
-    params and its state, the step keeps the BN statistics.
+    With ``skip_nonfinite`` a step whose gradients are not finite leaves params and
+    optimizer state unchanged (``optax.apply_if_finite``, ``optim.create_optimizer``);
+    one whose loss or gradients are not finite keeps the BN statistics and counts as
+    skipped (only the step advances, so the data order stays that of the
+    uninterrupted run).
     """
     key = jax.random.fold_in(dropout_key, state.step)
 

@@ -9,8 +9,8 @@ Order: example position p of the run (step p // B, slot p % B of a global batch
 of B) reads record ``perm(epoch)[p mod (steps_per_epoch * B)]``, the resident
 input's permutation of the epoch (``resident.permutation`` of the run's data key,
 computed on the host's CPU; the remainder of an epoch is dropped), so that a seed
-trains on the same batches, whichever input holds the data.  Process k of P reads the k-th slice of B / P examples of every global
-batch, so the global batch, its layout on the devices and each example's
+trains on the same batches, whichever input holds the data.  Process k of P reads
+the k-th slice of B / P examples of every global batch, so the global batch, its layout on the devices and each example's
 augmentation do not depend on the number of hosts or of grain workers.
 
 Host side (grain workers): decode and the ops that need the original image
