@@ -10,8 +10,9 @@ of B) reads record ``perm(epoch)[p mod (steps_per_epoch * B)]``, the resident
 input's permutation of the epoch (``resident.permutation`` of the run's data key,
 computed on the host's CPU; the remainder of an epoch is dropped), so that a seed
 trains on the same batches, whichever input holds the data.  Process k of P reads
-the k-th slice of B / P examples of every global batch, so the global batch, its layout on the devices and each example's
-augmentation do not depend on the number of hosts or of grain workers.
+the k-th slice of B / P examples of every global batch, so the global batch, its
+layout on the devices and each example's augmentation do not depend on the number
+of hosts or of grain workers.
 
 Host side (grain workers): decode and the ops that need the original image
 (``host_ops``: RandomResizedCrop, resize + centre crop).  The uint8
