@@ -20,7 +20,7 @@ import logging
 import jax
 import ml_collections
 
-CONV_CHOICES = ('auto', 'xla', 'im2col', 'winograd')
+CONV_CHOICES = ('auto', 'xla', 'im2col', 'winograd', 'onednn')
 MAX_POOL_CHOICES = ('auto', 'xla', 'tiles')
 SWITCH_CHOICES = ('auto', 'on', 'off')
 
@@ -30,7 +30,7 @@ class Choices:
     """What one run uses on its backend (every ``'auto'`` resolved)."""
 
     platform: str
-    conv: str = 'xla'  # 'xla' | 'im2col' | 'winograd'
+    conv: str = 'xla'  # 'xla' | 'im2col' | 'winograd' | 'onednn' (explicit only)
     max_pool: str = 'xla'  # 'xla' | 'tiles'
     packed_pixels: bool = False
 
@@ -59,7 +59,8 @@ def choose(config: ml_collections.ConfigDict, platform: str | None = None) -> Ch
 def warn_if_slow_here(config: ml_collections.ConfigDict, platform: str | None = None) -> None:
     """One warning line for a setting that is slow on this backend."""
     platform = platform or jax.default_backend()
-    if platform == 'cpu' and config.dtype == 'bfloat16':
+    if platform == 'cpu' and config.dtype == 'bfloat16' and config.backend.conv != 'onednn':
         logging.warning('dtype=bfloat16 runs slower than float32 on a CPU (XLA:CPU has no '
                         'fast 16-bit convolutions); it pays on GPUs and TPUs. Use '
-                        '--config.dtype=float32 on this machine.')
+                        '--config.dtype=float32 on this machine, or bf16 convolutions by '
+                        'the onednn extra: --config.backend.conv=onednn.')

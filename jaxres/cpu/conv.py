@@ -1,4 +1,5 @@
-"""Convolution lowerings: XLA's own, patches x matrix ('im2col'), or Winograd.
+"""Convolution lowerings: XLA's own, patches x matrix ('im2col'), Winograd, or
+oneDNN's kernels through an FFI call ('onednn', ``jaxres/cpu/onednn``).
 
 XLA:CPU runs the backward pass of a convolution far below the machine's
 matrix-product speed.  Writing the conv as one matrix product over gathered
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 ConvFn = Callable[..., jax.Array]
-IMPLS = ('xla', 'im2col', 'winograd')
+IMPLS = ('xla', 'im2col', 'winograd', 'onednn')
 
 
 def _explicit_padding(padding: Any, in_hw: Sequence[int], kernel_hw: Sequence[int],
@@ -195,8 +196,11 @@ _patches_matmul.defvjp(_patches_matmul_fwd, _patches_matmul_bwd)
 
 
 def conv_fn(impl: str) -> ConvFn:
-    """The ``conv_general_dilated`` for a lowering ('xla', 'im2col', 'winograd';
-    ``backend.choose`` picks one per backend)."""
+    """The ``conv_general_dilated`` for a lowering ('xla', 'im2col', 'winograd',
+    'onednn'; ``backend.choose`` picks one per backend)."""
     if impl not in IMPLS:
         raise ValueError(f'conv lowering {impl!r} is not one of {IMPLS}.')
+    if impl == 'onednn':  # imported here: it builds on this module
+        from jaxres.cpu.onednn import onednn_conv
+        return onednn_conv
     return {'im2col': im2col_conv, 'winograd': winograd_conv}.get(impl, lax.conv_general_dilated)
