@@ -5,11 +5,21 @@ import io
 import os
 import sys
 import tarfile
+import tempfile
 
 # Must happen before JAX initialises its backends: every test then runs the
 # sharded code paths on 8 devices, as on an 8-GPU machine.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent XLA cache per test session, shared by both xdist workers and every
+# subprocess they start: a restarted run (SIGKILL/SIGTERM resumes, launch.py twice,
+# multi-process runs) loads the programs its predecessor compiled instead of
+# compiling them again.  Cache hits are the same executables, so bitwise
+# comparisons are unaffected; each session starts empty, as a fresh clone does.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(),
+    f"jaxres-tests-xla-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
