@@ -16,9 +16,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # multi-process runs) loads the programs its predecessor compiled instead of
 # compiling them again.  Cache hits are the same executables, so bitwise
 # comparisons are unaffected; each session starts empty, as a fresh clone does.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+SESSION_DIR = os.path.join(
     tempfile.gettempdir(),
-    f"jaxres-tests-xla-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
+    f"jaxres-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(SESSION_DIR, 'xla'))
+# The oneDNN conv library is built anew each session too (tests/test_onednn_conv.py
+# then tests the build, not a library left by an earlier run).
+os.environ.setdefault('JAXRES_CACHE_DIR', os.path.join(SESSION_DIR, 'jaxres'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
