@@ -1,10 +1,13 @@
 """PyTorch reference for jaxres.bench: the same ResNet-18 step and the seeds' input pipeline.
 
     python benchmarks/torch_reference.py [--batch_size 128] [--steps 10] [--workers 2]
+        [--setting fp32|best] [--skip step|pipeline]
 
-* train step: kuangliu CIFAR ResNet-18 (11,173,962 parameters), float32, SGD
-  lr 0.1 momentum 0.9 weight decay 5e-4, BatchNorm in training mode, cross-entropy;
-  median time of ``steps`` steps after one warm-up step.
+* train step: kuangliu CIFAR ResNet-18 (11,173,962 parameters), SGD lr 0.1
+  momentum 0.9 weight decay 5e-4, BatchNorm in training mode, cross-entropy;
+  median time of ``steps`` steps after one warm-up step.  ``--setting fp32``:
+  float32 NCHW (PyTorch's default); ``--setting best``: PyTorch's fastest CPU
+  setting, bf16 autocast with channels_last model and inputs (float32 weights).
 * input pipeline: what the seed notebooks do: a torchvision-style
   ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` + ``ToTensor`` +
   ``Normalize`` on PIL images in a ``DataLoader`` with worker processes;
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -88,17 +92,40 @@ class AugmentedCifar(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])
 
 
-def bench_step(batch_size: int, steps: int) -> dict:
+def config_net(path: str) -> nn.Module:
+    """PyTorch's build of a config's network: the seed port (``torch_ports``) or,
+    for the speedrun net, airbench94_muon's own (``airbench_ref.CifarNet``)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from jaxres import main as jaxres_main  # pylint: disable=g-import-not-at-top
+    from jaxres.data import datasets  # pylint: disable=g-import-not-at-top
+    config = jaxres_main.load_config(path)
+    if config.model.family == 'airbench':
+        from jaxres.tools import airbench_ref  # pylint: disable=g-import-not-at-top
+        net = airbench_ref.CifarNet()
+        net.reset()
+        return net
+    from jaxres.tools import torch_ports  # pylint: disable=g-import-not-at-top
+    with config.unlocked():  # the running variance's estimator does not change the speed
+        config.model.bn_running_var = 'unbiased'
+    return torch_ports.from_config(config.model, datasets.KNOWN_SHAPES[config.dataset][0])
+
+
+def bench_step(batch_size: int, steps: int, setting: str = 'fp32', config: str = '') -> dict:
     torch.manual_seed(0)
-    model = ResNet18()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model = config_net(config) if config else ResNet18()
     x = torch.randn(batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (batch_size,))
+    best = setting == 'best'
+    if best:
+        model, x = model.to(memory_format=torch.channels_last), x.to(
+            memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=best):
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         return loss.item()
@@ -135,11 +162,15 @@ def main(argv=None) -> int:
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--skip', choices=['step', 'pipeline'], default=None)
+    parser.add_argument('--setting', choices=['fp32', 'best'], default='fp32')
+    parser.add_argument('--config', default='',
+                        help="a jaxres config whose network to time (default: kuangliu's "
+                             'ResNet-18, as cifar10_resnet18)')
     args = parser.parse_args(argv)
     result = {'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
-              'batch_size': args.batch_size}
+              'batch_size': args.batch_size, 'setting': args.setting}
     if args.skip != 'step':
-        result.update(bench_step(args.batch_size, args.steps))
+        result.update(bench_step(args.batch_size, args.steps, args.setting, args.config))
     if args.skip != 'pipeline':
         result.update(bench_pipeline(args.batch_size, args.workers))
     for k, v in result.items():

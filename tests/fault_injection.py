@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A ~6k-parameter ResNet on 16x16 generated images: 16 steps per epoch, 12 epochs.
@@ -53,8 +55,7 @@ INPUTS = {
 
 
 def launch(workdir: str, devices: int = 1, input_kind: str = 'resident') -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               PYTHONUNBUFFERED='1')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices), PYTHONUNBUFFERED='1')
     return subprocess.Popen([sys.executable, 'launch.py', *OVERRIDES, *INPUTS[input_kind],
                              '--workdir', workdir],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

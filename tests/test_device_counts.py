@@ -41,7 +41,7 @@ if __name__ == '__main__':
 from jaxres import sharding, train  # noqa: E402
 from jaxres.data import datasets, resident  # noqa: E402
 
-from conftest import tiny_width  # noqa: E402
+from conftest import tiny_width, xla_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -114,11 +114,8 @@ def matrix_configs(in_ci: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _env(devices: int, configs: tuple[str, ...]) -> dict:
-    # Unoptimised CPU code compiles in about half the time; only that these run is tested.
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAXRES_CONFIGS=','.join(configs),
-                XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-                          '--xla_backend_optimization_level=0 '
-                          '--xla_llvm_disable_expensive_passes=true')
+                XLA_FLAGS=xla_flags(devices))
 
 
 def test_configs_run_on_16_devices():

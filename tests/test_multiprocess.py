@@ -15,7 +15,7 @@ from configs import quickstart
 from jaxres import checkpointing, sharding, train
 from jaxres.data import datasets
 
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 STEPS = ['--config', 'configs/quickstart.py', '--config.num_train_steps=3']
 
@@ -27,7 +27,7 @@ def _free_port():
 
 
 def _env(devices):
-    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    return dict(os.environ, XLA_FLAGS=xla_flags(devices))
 
 
 def _launch(args, devices):

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxres import checkpointing
 
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 from fault_injection import logged_step  # process 0 writes metrics.jsonl
 
 # A ~6k-parameter ResNet on 8x8 generated images: 8 steps per epoch, 48 steps.
@@ -37,10 +37,8 @@ OVERRIDES = [
     '--config.checkpoint.max_to_keep=3',
 ]
 TOTAL_STEPS = 48
-# 4 devices per process; unoptimised CPU code compiles in a third of the time (every
-# run here, the reference included, uses the same flags).
-XLA_FLAGS = ('--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 '
-             '--xla_llvm_disable_expensive_passes=true')
+# 4 devices per process (every run here, the reference included, compiles alike).
+XLA_FLAGS = xla_flags(4)
 SAVED = re.compile(r'saved a checkpoint at step (\d+)')
 RESUMED = re.compile(r'Resumed from step (\d+)')
 
@@ -212,7 +210,7 @@ def test_checkpoint_unreadable_on_one_process_is_rejected_by_both(tmp_path):
     for step in (20, 30):
         os.makedirs(ckpt / str(step))
     address = f'localhost:{_free_port()}'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     procs = [subprocess.Popen([sys.executable, '-c', ONE_SIDED, address, str(i), str(ckpt)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]

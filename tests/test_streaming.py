@@ -20,7 +20,7 @@ from jaxres import checkpointing, sharding, train
 from jaxres.data import datasets, prepare, resident, streaming
 
 from conftest import ROOT, SHARED_DATA, imagenet_tree, random_dataset, read_cifar_jpegs
-from conftest import tiny_config
+from conftest import tiny_config, xla_flags
 
 
 def _source(n=50, size=8, seed=0):
@@ -260,7 +260,7 @@ def test_two_processes_stream_like_one(tmp_path, imagenet_mini):
     port.bind(('localhost', 0))
     address = f'localhost:{port.getsockname()[1]}'
     port.close()
-    env = lambda n: dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
+    env = lambda n: dict(os.environ, XLA_FLAGS=xla_flags(n))
     run = lambda extra, n: subprocess.Popen(
         [sys.executable, 'launch.py', *args, *extra], cwd=ROOT, env=env(n),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
