@@ -8,7 +8,6 @@ import tarfile
 import tempfile
 
 
-
 def xla_flags(devices: int) -> str:
     """XLA_FLAGS for ``devices`` fake CPU devices, compiled as every test compiles.
 
