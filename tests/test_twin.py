@@ -151,6 +151,66 @@ def test_same_batches_give_pytorch_jaxres_augmented_inputs_and_equal_losses(tmp_
     assert not np.allclose(own['step_loss'], want, rtol=RTOL)
 
 
+def test_jaxres_side_starts_from_exactly_the_weights_given_to_pytorch(monkeypatch, tmp_path):
+    """``run_seed``: the state ``train_and_evaluate`` starts from is, bit for bit, the
+    ``variables`` PyTorch is loaded with (another seed's differ)."""
+    module, overrides, _ = RECIPES['resnet18_sgd_warmup_cosine']
+    config = _config(module, {**overrides, 'num_epochs': 1})
+    started, given = [], {}
+    init_state = twin.train.TrainSetup.init_state
+
+    def recording_init_state(self):
+        state = init_state(self)  # a host copy: the train step donates the state
+        started.append(jax.device_get({'params': state.params,
+                                       'batch_stats': state.batch_stats}))
+        return state
+    monkeypatch.setattr(twin.train.TrainSetup, 'init_state', recording_init_state)
+    monkeypatch.setattr(twin, 'run_torch', lambda cfg, ds, variables, seed, *a, **k: (
+        given.update(variables), {'train_loss': [0.0]})[1])
+    twin.run_seed(config, 0, str(tmp_path))
+    assert len(started) == 2  # the twin's initial_state, then train_and_evaluate's
+    trained_from = started[-1]
+    leaves = jax.tree_util.tree_leaves_with_path(trained_from)
+    assert jax.tree_util.tree_structure(trained_from) == jax.tree_util.tree_structure(given)
+    for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(given)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    other = twin.initial_state(twin.twin_config(config, seed=1), datasets.load_dataset(config))[0]
+    assert not np.array_equal(np.asarray(jax.tree_util.tree_leaves(other['params'])[0]),
+                              np.asarray(jax.tree_util.tree_leaves(given['params'])[0]))
+
+
+def test_torch_from_reuses_pytorch_runs_of_the_same_settings_only(tmp_path):
+    """--torch_from: the earlier run's PyTorch curves per seed when the seeds, data,
+    batches and recipe match (a conv lowering or init may differ); else one message."""
+    settings = {'epochs': 2, 'train_subset': 640, 'test_subset': 200, 'same_order': False,
+                'same_batches': True}
+    counts = {'num_train': 640, 'num_eval': 200, 'steps_per_epoch': 5}
+    recipe = ['--config.data_dir=/d', '--config.schedule.warmup_epochs=1']
+    earlier = dict(settings, config='configs/cifar10_resnet18.py', overrides=recipe,
+                   runs=[dict(counts, seed=s, torch={'test_accuracy': [0.2, 0.3 + s]})
+                         for s in (0, 1, 2)])
+    path = tmp_path / 'twin.json'
+    path.write_text(json.dumps(earlier))
+    # (a twin.json written before --eval_every evaluated every epoch)
+    reused = twin.reuse_torch(str(path), [2, 0], dict(settings, eval_every=1),
+                              'configs/cifar10_resnet18.py', recipe + ['--config.backend.conv=xla'])
+    assert reused[2]['test_accuracy'] == [0.2, 2.3] and reused[0]['test_accuracy'] == [0.2, 0.3]
+    twin.check_reused(dict(counts, torch=reused[0]))
+    with pytest.raises(twin.TwinError, match='not the same data'):
+        twin.check_reused(dict(counts, num_train=512, torch=reused[0]))
+    for seeds, changed, args, why in (
+            ([3], {}, recipe, 'no seed 3 there'),
+            ([0], {'same_batches': False}, recipe, 'same_batches=True there, False here'),
+            ([0], {}, recipe + ['--config.schedule.learning_rate=0.05'], 'recipe='),
+            ([0], {'test_subset': 0}, recipe, 'test_subset=200 there, 0 here'),
+            ([0], {'eval_every': 3}, recipe, 'eval_every=1 there, 3 here')):
+        with pytest.raises(twin.TwinError, match=f'--torch_from .* ran other settings .*{why}'):
+            twin.reuse_torch(str(path), seeds, dict(settings, **changed),
+                             'configs/cifar10_resnet18.py', args)
+    with pytest.raises(twin.TwinError, match='cannot read it'):
+        twin.reuse_torch(str(tmp_path / 'none.json'), [0], settings, 'c.py', [])
+
+
 def test_draws_are_read_back_from_coordinate_images():
     image = twin.coordinate_image(32)
     padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
@@ -198,6 +258,38 @@ def test_cli_writes_both_curves_side_by_side(tmp_path, capsys):
     assert (tmp_path / 'twin.png').stat().st_size > 10_000
 
 
+def test_cli_evaluates_every_n_epochs_and_reuses_the_pytorch_side(tmp_path, capsys):
+    """--eval_every 2 over 3 epochs: both sides evaluate after epochs 2 and 3 only, and
+    the verdicts are per evaluated epoch; --torch_from then trains jaxres alone (another
+    conv lowering) against the same PyTorch curves."""
+    overrides = [f'--config.{k}={v}' for k, v in TINY.items() if k != 'num_epochs']
+    args = ['configs/cifar10_resnet9.py', '--epochs', '3', '--train_subset', '40',
+            '--test_subset', '16', '--same_batches', '--eval_every', '2',
+            '--config.schedule.learning_rate=0.05', *overrides]
+    assert twin.main([*args, '--out', str(tmp_path / 'a')]) == 0
+    first = json.loads((tmp_path / 'a' / 'twin.json').read_text())
+    run = first['runs'][0]
+    for side in ('jaxres', 'torch'):
+        assert run[side]['eval_epochs'] == [2, 3] and len(run[side]['test_accuracy']) == 2
+        assert len(run[side]['train_loss']) == 3 and len(run[side]['train_s']) == 2
+    np.testing.assert_allclose(run['torch']['test_loss'], run['jaxres']['test_loss'], rtol=RTOL)
+    assert [p['epoch'] for p in first['paired']] == [2, 3] == [
+        a['epoch'] for a in first['agreement']]
+    rows = first['epochs_side_by_side']
+    assert rows[0]['jaxres_test_accuracy'] is None and rows[1]['jaxres_test_accuracy'] == (
+        pytest.approx(run['jaxres']['test_accuracy'][0]))
+    capsys.readouterr()
+    assert twin.main([*args, '--out', str(tmp_path / 'b'), '--config.backend.conv=xla',
+                      '--torch_from', str(tmp_path / 'a' / 'twin.json')]) == 0
+    second = json.loads((tmp_path / 'b' / 'twin.json').read_text())
+    assert second['runs'][0]['torch']['test_loss'] == run['torch']['test_loss']
+    np.testing.assert_allclose(second['runs'][0]['jaxres']['test_loss'],
+                               run['jaxres']['test_loss'], rtol=RTOL)
+    assert twin.main([*args, '--out', str(tmp_path / 'c'), '--eval_every', '1',
+                      '--torch_from', str(tmp_path / 'a' / 'twin.json')]) == 2
+    assert 'eval_every=2 there, 1 here' in capsys.readouterr().err
+
+
 def test_cli_without_torch_says_how_to_install(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(twin, 'torch', None)
     assert twin.main(['configs/cifar10_resnet9.py', '--out', str(tmp_path)]) == 2
@@ -218,12 +310,15 @@ def test_settings_without_a_port_are_refused_before_training():
 @pytest.mark.parametrize('module,num_classes,size', [
     (cifar10_resnet_b, 10, 32), (cifar10_resnet2111, 10, 32), (cifar10_resnet9, 10, 32),
     (cifar10_preact, 10, 32), (cifar100_preact, 10, 32), (cifar100_resnet, 10, 32),
-    (cifar100_finetune_resnet18, 10, 64)])
+    (cifar100_finetune_resnet18, 10, 64), (cifar10_resnet18, 10, 32)])
 def test_every_seed_config_has_a_port_that_takes_jaxres_weights(module, num_classes, size):
     """The twin's PyTorch model of each seed config (the CIFAR-100 ones with the
     10-class head of a CIFAR-10 twin run), loaded with jaxres's initial weights,
-    gives jaxres's eval logits."""
+    gives jaxres's eval logits.  cifar10_resnet18 (kuangliu's ResNet18) with the BN
+    running variance PyTorch keeps, as its twin runs."""
     config = module.get_config()
+    if module is cifar10_resnet18:
+        config.model.bn_running_var = 'unbiased'
     twin.check_portable(config, num_classes)
     model = models.create_model(config.model, num_classes)
     x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)

@@ -41,7 +41,8 @@ def test_table_row_says_what_ran_and_whether_it_agreed():
               'overrides': ['--config.dataset=cifar10_jpeg', '--config.data_dir=/d',
                             '--config.schedule.decay_epochs=1']}
     assert twin_table.row(result) == (
-        '| `cifar10_resnet_b` | 70% | 2 epochs, 4,000 train / 2,000 test images, seeds 0, 1; '
+        '| `cifar10_resnet_b` | 70% | 2 epochs, 4,000 train / 2,000 test images, seeds 0, 1, '
+        'own batches; '
         'schedule.decay_epochs=1 | 53.00% | 45.00% | +8.00 pt '
         '| yes, 2 epochs (nearest the bound: epoch 2, 8.00 of 12.00 pt) | 12 | 12 |')
     runs[0]['torch']['test_accuracy'][1] = runs[1]['torch']['test_accuracy'][1] = 0.38
@@ -76,3 +77,44 @@ def test_paired_statistic_on_known_differences():
     assert w['verdict'] == 'none detected' and w['detectable'] > 0.01 and not w['passes']
     (one,) = twin_table.paired(_runs([[0.5]], [[0.4]]))  # one seed: nothing to conclude
     assert one['detectable'] == float('inf') and one['verdict'] == 'none detected'
+
+
+def test_paired_row_gives_the_last_epochs_interval_d_and_verdict():
+    """Six seeds on the same batches, differences 0.1, -0.2, 0.3, 0, 0.2, -0.1 pt at the
+    last epoch: mean +0.05 pt, an interval around 0, D under 1 pt: passes."""
+    torch_acc = [[0.3, 0.5]] * 6
+    jaxres_acc = [[0.3, 0.5 + d / 100] for d in (0.1, -0.2, 0.3, 0.0, 0.2, -0.1)]
+    result = {'config': 'configs/cifar10_resnet18.py', 'epochs': 2, 'same_batches': True,
+              'runs': _runs(jaxres_acc, torch_acc),
+              'overrides': ['--config.data_dir=/d', '--config.schedule.warmup_epochs=1']}
+    p = twin_table.paired(result['runs'])[-1]
+    assert p['mean'] == pytest.approx(0.0005) and p['low'] < 0 < p['high']
+    assert twin_table.paired_row(result) == (
+        '| `cifar10_resnet18` | 2 epochs, 4,000 train / 2,000 test images, 6 seeds (0-5), '
+        'same batches; schedule.warmup_epochs=1 | 50.05% | 50.00% | +0.05 pt '
+        f'| [{p["low"] * 100:+.2f}, {p["high"] * 100:+.2f}] pt | {p["detectable"] * 100:.2f} pt '
+        '| passes |')
+    assert p['detectable'] < 0.01
+    result['runs'][0]['jaxres']['test_accuracy'][1] = 0.6  # one seed 10 pt off: D > 1 pt
+    assert twin_table.paired_row(result).endswith('| none detected, D > 1 pt |')
+    for r in result['runs']:
+        r['jaxres']['test_accuracy'][1] += 0.03
+    assert twin_table.paired_row(result).endswith('| **bias detected** |')
+
+
+def test_jaxres_vs_jaxres_pairs_two_runs_by_seed(capsys, tmp_path):
+    """A jaxres variant against the recipe's jaxres side: seed by seed, whatever the
+    order of the runs; a seed the second run lacks is refused."""
+    import json
+    a = {'runs': _runs([[0.52], [0.62], [0.72]], [[0.0]] * 3)}
+    b = {'runs': list(reversed(_runs([[0.50], [0.60], [0.70]], [[0.9]] * 3)))}
+    (p,) = twin_table.jaxres_vs_jaxres(a, b)
+    assert p['differences'] == [0.02, 0.02, 0.02] and p['verdict'] == 'bias detected'
+    for name, result in (('a.json', a), ('b.json', b)):
+        (tmp_path / name).write_text(json.dumps(result))
+    assert twin_table.main(['--jaxres_vs_jaxres', str(tmp_path / 'a.json'),
+                            str(tmp_path / 'b.json')]) == 0
+    assert 'bias detected at 3 seeds: first - second +2.00 pt' in capsys.readouterr().out
+    b['runs'].pop()
+    with pytest.raises(ValueError, match=r'seeds \[0\] are in the first twin.json only'):
+        twin_table.jaxres_vs_jaxres(a, b)

@@ -2,7 +2,7 @@
 
     python benchmarks/twin.py configs/cifar10_resnet2111.py [--epochs N] [--train_subset N]
         [--test_subset N] [--seeds 0 1] [--out DIR] [--same_order | --same_batches]
-        [--check_draws N] [--torch_workers N]
+        [--check_draws N] [--torch_workers N] [--eval_every N] [--torch_from OTHER/twin.json]
         [--config.key=value ...]
 
 For each seed (``config.seed`` and ``torch.manual_seed``), jaxres trains the config
@@ -23,7 +23,12 @@ jaxres's batches in jaxres's order (each framework still augments its own way);
 crops, flips and normalisation: ``jaxres_batches``), so that the arithmetic of the
 two frameworks is all that differs.  ``--check_draws N`` first tests whether the
 two sides' own crop and flip draws follow the same distribution (a chi-square on N
-draws a side, ``same_draw_distribution``).
+draws a side, ``same_draw_distribution``).  ``--eval_every N`` evaluates both sides
+every N epochs and after the last (the whole test set at the end only costs one
+pass).  ``--torch_from`` takes each seed's PyTorch
+side from an earlier twin.json of the same settings instead of training it again: a
+jaxres variant (``--config.backend.conv=xla``, another init) against the same PyTorch
+runs (``reuse_torch`` refuses a twin.json of other seeds, data or batches).
 
 Writes OUT/twin.json (per seed and epoch, for each framework: train loss, test
 loss, test accuracy and wall time; ``agreement``: issue 21's acceptance per epoch,
@@ -63,7 +68,7 @@ import numpy as np
 
 from jaxres import config_validation, metric_logging
 from jaxres import main as jaxres_main
-from jaxres import sharding, train
+from jaxres import safe_io, sharding, train
 from jaxres.data import datasets, preprocess, resident
 from jaxres.tools.twin_table import agreement, paired, paired_line
 
@@ -86,15 +91,17 @@ class TwinError(ValueError):
 # Config and data
 # --------------------------------------------------------------------------- #
 def twin_config(config: ml_collections.ConfigDict, seed: int, epochs: int | None = None,
-                train_subset: int | None = None) -> ml_collections.ConfigDict:
-    """``config`` for one twin run: this seed, evaluated every epoch, whole epochs."""
+                train_subset: int | None = None, eval_every: int = 1
+                ) -> ml_collections.ConfigDict:
+    """``config`` for one twin run: this seed, whole epochs, evaluated every
+    ``eval_every`` epochs and after the last."""
     config = config.copy_and_resolve_references()
     config.seed = seed
     if epochs is not None:
         config.num_epochs = epochs
     if train_subset is not None:
         config.train_subset = train_subset
-    config.eval.every_epochs = 1  # a test curve point per epoch, as the seeds print
+    config.eval.every_epochs = eval_every  # 1: a test point per epoch, as the seeds print
     if config.num_epochs != int(config.num_epochs) or config.num_train_steps > 0:
         raise TwinError(f'the twin runs whole epochs: num_epochs={config.num_epochs} and '
                         f'num_train_steps={config.num_train_steps}; use --epochs N.')
@@ -192,8 +199,9 @@ def run_jaxres(config: ml_collections.ConfigDict, workdir: str, steps_per_epoch:
 
 
 def jaxres_curves(records: list[dict], steps_per_epoch: int) -> dict[str, list]:
-    """Per-epoch train loss (the mean of the epoch's steps), test loss and accuracy;
-    ``step_loss`` too when every step was logged."""
+    """Per-epoch train loss (the mean of the epoch's steps), test loss and accuracy
+    at the evaluated epochs (``eval_epochs``); ``step_loss`` too when every step was
+    logged."""
     logged = sorted((r['step'], float(r['train_loss'])) for r in records if 'train_loss' in r)
     evals = sorted((r['step'], r) for r in records if 'eval_loss' in r)
     sums: dict[int, list[float]] = {}
@@ -205,16 +213,17 @@ def jaxres_curves(records: list[dict], steps_per_epoch: int) -> dict[str, list]:
         previous = step
     curves = {'train_loss': [total / n for _, (total, n) in sorted(sums.items())],
               'test_loss': [float(r['eval_loss']) for _, r in evals],
-              'test_accuracy': [float(r['eval_accuracy']) for _, r in evals]}
+              'test_accuracy': [float(r['eval_accuracy']) for _, r in evals],
+              'eval_epochs': [step // steps_per_epoch for step, _ in evals]}
     if [s for s, _ in logged] == list(range(1, len(logged) + 1)):
         curves['step_loss'] = [loss for _, loss in logged]
     return curves
 
 
 def jaxres_times(workdir: str, t0: float) -> tuple[list[float], list[float]]:
-    """Per-epoch (train, eval) seconds from the TensorBoard events' wall times: an
-    epoch's training runs from the previous evaluation (epoch 1: from ``t0``) to its
-    last step's log event, its evaluation from there to its eval event."""
+    """(train, eval) seconds per evaluation from the TensorBoard events' wall times:
+    training runs from the previous evaluation (the first: from ``t0``) to the
+    evaluated epoch's last log event, its evaluation from there to its eval event."""
     # pylint: disable-next=g-import-not-at-top
     from tensorboard.backend.event_processing import event_accumulator
     events = event_accumulator.EventAccumulator(
@@ -495,7 +504,9 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
     shuffled = torch.utils.data.DataLoader(
         train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
         num_workers=workers, generator=torch.Generator().manual_seed(seed))
-    curves: dict[str, list] = {k: [] for k in CURVES + ('step_loss',)}
+    curves: dict[str, list] = {k: [] for k in CURVES + ('step_loss', 'eval_epochs')}
+    every = int(config.eval.every_epochs)
+    trained_s = 0.0  # since the last evaluation
     for epoch in range(epochs):
         if batches is not None:
             loader = ((torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
@@ -514,12 +525,17 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
                 scheduler.step()
         if scheduler is not None and not per_step:
             scheduler.step()
-        curves['train_s'].append(time.perf_counter() - t)
+        trained_s += time.perf_counter() - t
+        curves['step_loss'] += losses
+        curves['train_loss'].append(float(np.mean(losses)))
+        if (epoch + 1) % every and epoch + 1 < epochs:
+            continue  # evaluated as jaxres's Cadence does: every N epochs and at the end
         t = time.perf_counter()
         test_loss, test_accuracy = torch_evaluate(model, eval_loader)
         curves['eval_s'].append(time.perf_counter() - t)
-        curves['step_loss'] += losses
-        curves['train_loss'].append(float(np.mean(losses)))
+        curves['train_s'].append(trained_s)
+        trained_s = 0.0
+        curves['eval_epochs'].append(epoch + 1)
         curves['test_loss'].append(test_loss)
         curves['test_accuracy'].append(test_accuracy)
     return curves
@@ -530,14 +546,16 @@ def run_torch(config: ml_collections.ConfigDict, ds: datasets.ImageDataset, vari
 # --------------------------------------------------------------------------- #
 def run_seed(config: ml_collections.ConfigDict, seed: int, out: str, *,
              same_order: bool = False, same_batches: bool = False, workers: int = 0,
-             log_every_steps: int | None = None, test_subset: int = 0) -> dict[str, Any]:
+             log_every_steps: int | None = None, test_subset: int = 0,
+             torch_run: dict[str, list] | None = None) -> dict[str, Any]:
     """jaxres then PyTorch for one seed, from the same initial weights and data.
 
     ``log_every_steps`` (default: once per epoch) also gives jaxres's ``step_loss``
     when 1.  ``test_subset`` > 0: both evaluate on a fixed class-balanced part of
-    the test set.
+    the test set.  ``torch_run``: this seed's PyTorch curves from an earlier run
+    (``reuse_torch``), used instead of training PyTorch again.
     """
-    config = twin_config(config, seed)
+    config = twin_config(config, seed, eval_every=config.eval.every_epochs)
     ds = datasets.load_dataset(config)
     if test_subset:
         ds = ds.class_balanced_subset(test_subset, 'eval')
@@ -546,12 +564,56 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, out: str, *,
     config.log_every_steps = log_every_steps or setup.steps_per_epoch
     jaxres_run = run_jaxres(config, os.path.join(out, f'jaxres_seed{seed}'),
                             setup.steps_per_epoch, ds)
-    torch_run = run_torch(setup.config, ds, variables, seed,
-                          epoch_orders(setup) if same_order else None, workers,
-                          jaxres_batches(setup, ds) if same_batches else None)
+    if torch_run is None:
+        torch_run = run_torch(setup.config, ds, variables, seed,
+                              epoch_orders(setup) if same_order else None, workers,
+                              jaxres_batches(setup, ds) if same_batches else None)
     return {'seed': seed, 'num_train': len(ds.train_labels), 'num_eval': len(ds.eval_labels),
             'eval_split': 'validation' if config.validation_size > 0 else config.eval_split,
             'steps_per_epoch': setup.steps_per_epoch, 'jaxres': jaxres_run, 'torch': torch_run}
+
+
+VARIANT_KEYS = ('--config.backend.', '--config.model.kernel_init=')  # what --torch_from may vary
+
+
+def reuse_torch(path: str, seeds: list[int], settings: dict[str, Any], config_path: str,
+                overrides: list[str]) -> dict[int, dict[str, list]]:
+    """seed -> the PyTorch curves of the earlier twin.json at ``path``, after checking
+    that it ran these seeds with these ``settings`` (epochs, subsets, order/batches)
+    and the same recipe but for ``backend.*`` and ``model.kernel_init`` (what a
+    jaxres variant may change).  Each seed's jaxres run must then count the same
+    examples and steps (``check_reused``)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            earlier = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TwinError(f'--torch_from {path}: cannot read it ({e}); give the twin.json of an '
+                        'earlier run.') from None
+    recipe = lambda c, o: (os.path.normpath(c), sorted(  # noqa: E731
+        x for x in o if not x.startswith(VARIANT_KEYS)))
+    settings = dict(settings, recipe=recipe(config_path, overrides))
+    earlier['recipe'] = recipe(earlier.get('config', ''), earlier.get('overrides', []))
+    earlier.setdefault('eval_every', 1)  # written before --eval_every existed
+    differ = [f'{k}={earlier.get(k)!r} there, {v!r} here' for k, v in settings.items()
+              if earlier.get(k) != v]
+    by_seed = {r['seed']: r for r in earlier.get('runs', [])}
+    missing = [s for s in seeds if s not in by_seed]
+    if missing:
+        differ.append(f'no seed {", ".join(map(str, missing))} there')
+    if differ:
+        raise TwinError(f'--torch_from {path} ran other settings ({"; ".join(differ)}): run '
+                        'PyTorch again (leave --torch_from out) or match them.')
+    return {s: dict(by_seed[s]['torch'], reused_from=path, reused_counts={
+        k: by_seed[s][k] for k in ('num_train', 'num_eval', 'steps_per_epoch')}) for s in seeds}
+
+
+def check_reused(run: dict[str, Any]) -> None:
+    """Refuses a reused PyTorch side whose data differ from this jaxres run's."""
+    counts = run['torch'].get('reused_counts')
+    here = {k: run[k] for k in ('num_train', 'num_eval', 'steps_per_epoch')}
+    if counts is not None and counts != here:
+        raise TwinError(f'--torch_from {run["torch"]["reused_from"]} trained on {counts}, '
+                        f'this run on {here}: not the same data.')
 
 
 def side_by_side(runs: list[dict]) -> list[dict]:
@@ -563,9 +625,18 @@ def side_by_side(runs: list[dict]) -> list[dict]:
             for key in CURVES:
                 for fw in ('jaxres', 'torch'):
                     values = run[fw].get(key, [])
-                    row[f'{fw}_{key}'] = round(values[e], 6) if e < len(values) else None
+                    i = e if key == 'train_loss' else eval_index(run[fw], e + 1)
+                    row[f'{fw}_{key}'] = (round(values[i], 6) if i is not None
+                                          and i < len(values) else None)
             rows.append(row)
     return rows
+
+
+def eval_index(curves: dict[str, list], epoch: int) -> int | None:
+    """Where ``epoch``'s evaluation is in ``curves``' test and time lists (None: not
+    evaluated; twin.json files without ``eval_epochs`` evaluated every epoch)."""
+    epochs = curves.get('eval_epochs') or list(range(1, len(curves['test_accuracy']) + 1))
+    return epochs.index(epoch) if epoch in epochs else None
 
 
 def plot_twin(runs: list[dict], title: str, path: str) -> str:
@@ -573,7 +644,8 @@ def plot_twin(runs: list[dict], title: str, path: str) -> str:
     jaxres blue, PyTorch orange, one line style per seed."""
     from jaxres.tools import plot  # pylint: disable=g-import-not-at-top  (the headless backend)
     panels = (('train_loss', 'train loss'), ('test_loss', 'test loss'),
-              ('test_accuracy', 'test accuracy'), (None, 'seconds per epoch (train + eval)'))
+              ('test_accuracy', 'test accuracy'),
+              (None, 'seconds since the last evaluation (train + eval)'))
     styles = ('-', '--', ':', '-.')
     fig, axes = plot.plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, label) in zip(axes.ravel(), panels):
@@ -581,7 +653,10 @@ def plot_twin(runs: list[dict], title: str, path: str) -> str:
             for color, fw in (('C0', 'jaxres'), ('C1', 'torch')):
                 c = run[fw]
                 y = c[key] if key else np.add(c['train_s'], c['eval_s'])
-                ax.plot(np.arange(1, len(y) + 1), y, styles[i % len(styles)], marker='o',
+                x = (np.arange(1, len(y) + 1) if key == 'train_loss'
+                     else [e for e in range(1, len(c['train_loss']) + 1)
+                           if eval_index(c, e) is not None])
+                ax.plot(x, y, styles[i % len(styles)], marker='o',
                         color=color, markersize=4, label=f'{fw} seed {run["seed"]}')
         ax.set_title(label)
         ax.set_xlabel('epoch')
@@ -592,6 +667,17 @@ def plot_twin(runs: list[dict], title: str, path: str) -> str:
     fig.savefig(path, dpi=100)
     plot.plt.close(fig)
     return path
+
+
+def write_result(path: str, head: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
+    """twin.json: the settings (``head``), the runs so far and their statistics."""
+    result = dict(head, runs=runs, epochs_side_by_side=side_by_side(runs),
+                  agreement=agreement(runs), paired=paired(runs),
+                  note="train_s/eval_s: seconds from the previous evaluation (training) and "
+                       "of the evaluation; jaxres's first includes loading the data and "
+                       'compiling.')
+    safe_io.write_json(path, result)
+    return result
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -612,6 +698,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="first compare N crop/flip draws of both sides (chi-square)")
     parser.add_argument('--torch_workers', type=int, default=0,
                         help='DataLoader worker processes (0: in the training process)')
+    parser.add_argument('--eval_every', type=int, default=1,
+                        help='evaluate every N epochs and after the last (a large test set '
+                             'costs less: --eval_every 1000 evaluates at the end only)')
+    parser.add_argument('--torch_from', default=None,
+                        help="reuse the PyTorch side of an earlier twin.json of the same "
+                             'settings (a jaxres variant against the same PyTorch runs)')
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith('--config.')]
     if bad:
@@ -630,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join('runs', 'twin', name)
     try:
         base = twin_config(jaxres_main.load_config(args.config, overrides), args.seeds[0],
-                           args.epochs, args.train_subset)
+                           args.epochs, args.train_subset, args.eval_every)
         os.makedirs(out, exist_ok=True)
         draws = None
         if args.check_draws:
@@ -640,27 +732,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f'augmentation draws: {draws["draws"]:,} a side over {draws["cells"]} '
                   f'(dy, dx, flip) cells: chi-square {draws["chi2"]:.1f}, {draws["dof"]} dof, '
                   f'p = {draws["p_value"]:.3f}', flush=True)
+        settings = {'epochs': int(base.num_epochs), 'train_subset': base.train_subset,
+                    'test_subset': args.test_subset, 'eval_every': args.eval_every,
+                    'same_order': args.same_order,
+                    'same_batches': args.same_batches}
+        reused = (reuse_torch(args.torch_from, args.seeds, settings, args.config, overrides)
+                  if args.torch_from else {})
+        head = {'config': args.config, 'overrides': overrides, **settings,
+                'torch_from': args.torch_from, 'augmentation_draws': draws,
+                'torch_version': torch.__version__}
         runs = []
         for seed in args.seeds:
             runs.append(run_seed(base, seed, out, same_order=args.same_order,
                                  same_batches=args.same_batches, workers=args.torch_workers,
-                                 test_subset=args.test_subset))
+                                 test_subset=args.test_subset, torch_run=reused.get(seed)))
+            check_reused(runs[-1])
             for row in side_by_side(runs[-1:]):
                 print(json.dumps(row), flush=True)
+            # After every seed: a run stopped later keeps the seeds it finished.
+            result = write_result(os.path.join(out, 'twin.json'), head, runs)
     except (TwinError, config_validation.ConfigError, datasets.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    result = {'config': args.config, 'overrides': overrides, 'epochs': int(base.num_epochs),
-              'train_subset': base.train_subset, 'test_subset': args.test_subset,
-              'same_order': args.same_order, 'same_batches': args.same_batches,
-              'augmentation_draws': draws,
-              'torch_version': torch.__version__, 'runs': runs,
-              'epochs_side_by_side': side_by_side(runs), 'agreement': agreement(runs),
-              'paired': paired(runs),
-              'note': "train_s/eval_s: seconds per epoch; jaxres's epoch 1 includes loading "
-                      'the data and compiling.'}
-    with open(os.path.join(out, 'twin.json'), 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
     png = plot_twin(runs, f'{name}: jaxres vs the PyTorch port of its seed',
                     os.path.join(out, 'twin.png'))
     for row in result['agreement']:

@@ -1,19 +1,25 @@
 """The twin runs' table of record (issue 21) from ``benchmarks/twin.py``'s outputs.
 
     python benchmarks/twin_table.py OUT/twin.json [OUT2/twin.json ...]
+    python benchmarks/twin_table.py --jaxres_vs_jaxres A/twin.json B/twin.json
 
-One markdown row per twin run: the config, the figure its seed's report gives (the
-config docstring's "Expected:"), what ran here, the mean test accuracy of each
-framework over the seeds at the last epoch and their difference, whether the
-difference stayed within issue 21's bound (max(1 point, 2 x seed spread)) at every
-evaluated epoch, and the seconds per epoch (train + eval) of each framework, the
-mean over seeds of epochs 2.. (jaxres's first epoch includes compiling; a 1-epoch run
-says so).
+Two markdown tables, one row per twin run.  The paired one (issue 32): the seeds,
+the settings, and at the last epoch the mean of the per-seed differences jaxres -
+PyTorch in test accuracy, its 95% t interval, the smallest detectable bias D and the
+verdict (passes: the interval holds 0 and D <= 1 pt).  Issue 21's: the config, the
+figure its seed's report gives (the config docstring's "Expected:"), what ran here,
+the mean test accuracy of each framework over the seeds at the last epoch and their
+difference, whether the difference stayed within issue 21's bound (max(1 point, 2 x
+seed spread)) at every evaluated epoch, and the seconds per epoch (train + eval) of
+each framework, the mean over seeds of epochs 2.. (jaxres's first epoch includes
+compiling; a 1-epoch run says so).
 
 ``agreement`` is that acceptance, epoch by epoch; ``paired`` the paired statistic
 (issue 32: per-seed differences, their t interval and the smallest detectable bias
-D); ``benchmarks/twin.py`` writes both into twin.json.  This module needs numpy and
-scipy only.
+D); ``benchmarks/twin.py`` writes both into twin.json.  ``--jaxres_vs_jaxres``
+pairs the jaxres sides of two runs of the same seeds (a variant against the recipe:
+another conv lowering, another init) and prints the verdict per epoch.  This module
+needs numpy and scipy only.
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 HEADER = ('| config | report | run here | jaxres | PyTorch | difference | within the bound '
           '| s/epoch jaxres | s/epoch PyTorch |\n| --- | --- | --- | ---: | ---: | ---: | --- '
           '| ---: | ---: |')
+PAIRED_HEADER = ('| config | run here | jaxres | PyTorch | paired difference | 95% interval '
+                 '| D | verdict |\n| --- | --- | ---: | ---: | ---: | --- | ---: | --- |')
 QUIET = ('--config.dataset=', '--config.data_dir=')  # where the data lies, not the recipe
+
+
+def evaluated(runs: list[dict]) -> list[tuple[int, int]]:
+    """(index in the test curves, epoch) of each evaluation both sides of every run
+    made (``eval_epochs``; twin.json files without it evaluated every epoch)."""
+    n = min(len(r[fw]['test_accuracy']) for r in runs for fw in ('jaxres', 'torch'))
+    epochs = runs[0]['jaxres'].get('eval_epochs') or list(range(1, n + 1))
+    return list(enumerate(epochs[:n]))
 
 
 def agreement(runs: list[dict], floor: float = 0.01) -> list[dict]:
@@ -40,12 +56,12 @@ def agreement(runs: list[dict], floor: float = 0.01) -> list[dict]:
     spread (the larger of the two frameworks' max - min over seeds) and whether
     |difference| <= max(``floor``, 2 x spread)."""
     rows = []
-    for e in range(min(len(r[fw]['test_accuracy']) for r in runs for fw in ('jaxres', 'torch'))):
+    for e, epoch in evaluated(runs):
         acc = {fw: [r[fw]['test_accuracy'][e] for r in runs] for fw in ('jaxres', 'torch')}
         mean = {fw: float(np.mean(a)) for fw, a in acc.items()}
         spread = max(float(np.ptp(a)) for a in acc.values())
         diff, bound = mean['jaxres'] - mean['torch'], max(floor, 2 * spread)
-        rows.append({'epoch': e + 1, 'jaxres_mean': round(mean['jaxres'], 6),
+        rows.append({'epoch': epoch, 'jaxres_mean': round(mean['jaxres'], 6),
                      'torch_mean': round(mean['torch'], 6), 'difference': round(diff, 6),
                      'spread': round(spread, 6), 'bound': round(bound, 6),
                      'within': bool(abs(diff) <= bound)})
@@ -65,7 +81,7 @@ def paired(runs: list[dict], confidence: float = 0.95, power: float = 0.8,
     """
     from scipy import stats  # pylint: disable=g-import-not-at-top  (scikit-learn's dependency)
     rows = []
-    for e in range(min(len(r[fw]['test_accuracy']) for r in runs for fw in ('jaxres', 'torch'))):
+    for e, epoch in evaluated(runs):
         d = np.array([r['jaxres']['test_accuracy'][e] - r['torch']['test_accuracy'][e]
                       for r in runs])
         n, mean = len(d), float(np.mean(d))
@@ -77,7 +93,7 @@ def paired(runs: list[dict], confidence: float = 0.95, power: float = 0.8,
         else:
             low, high, detectable = -np.inf, np.inf, np.inf
         detected = not low <= 0 <= high
-        rows.append({'epoch': e + 1, 'seeds': n, 'differences': [round(float(x), 6) for x in d],
+        rows.append({'epoch': epoch, 'seeds': n, 'differences': [round(float(x), 6) for x in d],
                      'mean': round(mean, 6), 'low': round(float(low), 6),
                      'high': round(float(high), 6), 'detectable': round(float(detectable), 6),
                      'verdict': 'bias detected' if detected else 'none detected',
@@ -85,15 +101,25 @@ def paired(runs: list[dict], confidence: float = 0.95, power: float = 0.8,
     return rows
 
 
-def paired_line(p: dict) -> str:
-    """One line of ``paired``'s verdict for an epoch."""
+def paired_line(p: dict, what: str = 'jaxres - PyTorch') -> str:
+    """One line of ``paired``'s verdict for an epoch (``what`` names the difference)."""
     interval = f'[{p["low"] * 100:+.2f}, {p["high"] * 100:+.2f}] pt'
     if p['verdict'] == 'bias detected':
-        return (f'epoch {p["epoch"]}: bias detected at {p["seeds"]} seeds: jaxres - PyTorch '
+        return (f'epoch {p["epoch"]}: bias detected at {p["seeds"]} seeds: {what} '
                 f'{p["mean"] * 100:+.2f} pt, 95% interval {interval}')
-    return (f'epoch {p["epoch"]}: no bias detected at {p["seeds"]} seeds (mean '
+    return (f'epoch {p["epoch"]}: no bias detected at {p["seeds"]} seeds ({what} '
             f'{p["mean"] * 100:+.2f} pt, 95% interval {interval}), smallest detectable bias '
             f'D = {p["detectable"] * 100:.2f} pt: {"passes" if p["passes"] else "D > 1 pt"}')
+
+
+def jaxres_vs_jaxres(a: dict, b: dict) -> list[dict]:
+    """``paired`` of run ``a``'s jaxres side against run ``b``'s (same seeds)."""
+    by_seed = {r['seed']: r for r in b['runs']}
+    missing = [r['seed'] for r in a['runs'] if r['seed'] not in by_seed]
+    if missing:
+        raise ValueError(f'seeds {missing} are in the first twin.json only')
+    return paired([{'jaxres': r['jaxres'], 'torch': by_seed[r['seed']]['jaxres']}
+                   for r in a['runs']])
 
 
 def report_figure(config_path: str) -> str:
@@ -105,9 +131,41 @@ def report_figure(config_path: str) -> str:
 
 
 def seconds_per_epoch(runs: list[dict], framework: str) -> float:
-    """Mean train + eval seconds per epoch over the seeds, epochs 2.. when there are."""
-    per_epoch = [np.add(r[framework]['train_s'], r[framework]['eval_s']) for r in runs]
-    return float(np.mean([s[1:] if len(s) > 1 else s for s in per_epoch]))
+    """Mean train + eval seconds per epoch over the seeds, epochs 2.. when each epoch
+    was evaluated (the first includes compiling), else over the whole run."""
+    per_eval = [np.add(r[framework]['train_s'], r[framework]['eval_s']) for r in runs]
+    epochs = [len(r[framework].get('train_loss') or s) for r, s in zip(runs, per_eval)]
+    if all(len(s) == n for s, n in zip(per_eval, epochs)):
+        return float(np.mean([s[1:] if len(s) > 1 else s for s in per_eval]))
+    return float(np.mean([np.sum(s) / n for s, n in zip(per_eval, epochs)]))
+
+
+def settings_text(result: dict, runs: list[dict]) -> str:
+    """What ran: epochs, images, seeds, batches and the overrides of the recipe."""
+    settings = [o.removeprefix('--config.') for o in result['overrides']
+                if not o.startswith(QUIET)]
+    seeds = [r['seed'] for r in runs]
+    seed_text = (f'{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})'
+                 if seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2
+                 else 'seeds ' + ', '.join(map(str, seeds)))
+    batches = ('same batches' if result.get('same_batches') else
+               'same order' if result.get('same_order') else 'own batches')
+    return (f'{result["epochs"]} epoch{"s" * (result["epochs"] > 1)}, '
+            f'{runs[0]["num_train"]:,} train / {runs[0]["num_eval"]:,} test images, '
+            f'{seed_text}, {batches}' + (f'; {", ".join(settings)}' if settings else ''))
+
+
+def paired_row(result: dict) -> str:
+    """The paired table's row of one twin.json: its last epoch."""
+    runs = result['runs']
+    p, last = paired(runs)[-1], agreement(runs)[-1]
+    verdict = ('**bias detected**' if p['verdict'] == 'bias detected' else
+               'passes' if p['passes'] else 'none detected, D > 1 pt')
+    name = os.path.splitext(os.path.basename(result['config']))[0]
+    return (f'| `{name}` | {settings_text(result, runs)} | {last["jaxres_mean"]:.2%} '
+            f'| {last["torch_mean"]:.2%} | {p["mean"] * 100:+.2f} pt '
+            f'| [{p["low"] * 100:+.2f}, {p["high"] * 100:+.2f}] pt '
+            f'| {p["detectable"] * 100:.2f} pt | {verdict} |')
 
 
 def row(result: dict, root: str = ROOT) -> str:
@@ -121,13 +179,7 @@ def row(result: dict, root: str = ROOT) -> str:
               f'{abs(worst["difference"]) * 100:.2f} of {worst["bound"] * 100:.2f} pt)'
               if not missed
               else f'**no**: epochs {", ".join(map(str, missed))}')
-    settings = [o.removeprefix('--config.') for o in result['overrides']
-                if not o.startswith(QUIET)]
-    ran = (f'{result["epochs"]} epoch{"s" * (result["epochs"] > 1)}, '
-           f'{runs[0]["num_train"]:,} train / '
-           f'{runs[0]["num_eval"]:,} test images, seeds '
-           f'{", ".join(str(r["seed"]) for r in runs)}'
-           + (f'; {", ".join(settings)}' if settings else ''))
+    ran = settings_text(result, runs)
     name = os.path.splitext(os.path.basename(result['config']))[0]
     compiling = ' (with compiling)' if len(epochs) == 1 else ''
     return (f'| `{name}` | {report_figure(os.path.join(root, result["config"]))} | {ran} '
@@ -142,11 +194,28 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(__doc__.strip().split('\n\n')[1], file=sys.stderr)
         return 2
+    if paths[0] == '--jaxres_vs_jaxres':
+        if len(paths) != 3:
+            print('usage: twin_table.py --jaxres_vs_jaxres A/twin.json B/twin.json',
+                  file=sys.stderr)
+            return 2
+        for p in jaxres_vs_jaxres(*(load(path) for path in paths[1:])):
+            print(paired_line(p, 'first - second'))
+        return 0
+    results = [load(path) for path in paths]
+    print(PAIRED_HEADER)
+    for result in results:
+        print(paired_row(result))
+    print()
     print(HEADER)
-    for path in paths:
-        with open(path, encoding='utf-8') as f:
-            print(row(json.load(f)))
+    for result in results:
+        print(row(result))
     return 0
+
+
+def load(path: str) -> dict:
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
 
 
 if __name__ == '__main__':
