@@ -118,3 +118,28 @@ def test_jaxres_vs_jaxres_pairs_two_runs_by_seed(capsys, tmp_path):
     b['runs'].pop()
     with pytest.raises(ValueError, match=r'seeds \[0\] are in the first twin.json only'):
         twin_table.jaxres_vs_jaxres(a, b)
+
+
+def test_merge_joins_seeds_of_the_same_settings(tmp_path):
+    """More seeds later: two runs of the same settings merge into one twin.json whose
+    statistics cover every seed; other settings or a repeated seed are refused."""
+    import json
+    head = {'config': 'configs/cifar10_resnet18.py', 'overrides': ['--config.seed=0'],
+            'epochs': 1, 'train_subset': 2560, 'test_subset': 0, 'same_batches': True}
+    a = dict(head, runs=_runs([[0.51], [0.49]], [[0.5], [0.5]]),
+             epochs_side_by_side=[{'seed': 0}, {'seed': 1}])
+    b = dict(head, eval_every=1, runs=_runs([[0.52], [0.5], [0.48]], [[0.5]] * 3)[2:])
+    b['runs'][0]['seed'] = 2
+    merged = twin_table.merge([a, b])
+    assert [r['seed'] for r in merged['runs']] == [0, 1, 2]
+    assert merged['paired'][0]['differences'] == [0.01, -0.01, -0.02]
+    assert merged['paired'] == twin_table.paired(merged['runs'])
+    for name, result in (('a.json', a), ('b.json', b)):
+        (tmp_path / name).write_text(json.dumps(result))
+    assert twin_table.main(['--merge', str(tmp_path / 'm.json'), str(tmp_path / 'a.json'),
+                            str(tmp_path / 'b.json')]) == 0
+    assert json.loads((tmp_path / 'm.json').read_text())['paired'] == merged['paired']
+    with pytest.raises(ValueError, match='a seed appears twice'):
+        twin_table.merge([a, a])
+    with pytest.raises(ValueError, match='test_subset differ'):
+        twin_table.merge([a, dict(b, test_subset=2000)])

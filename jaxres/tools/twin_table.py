@@ -2,6 +2,7 @@
 
     python benchmarks/twin_table.py OUT/twin.json [OUT2/twin.json ...]
     python benchmarks/twin_table.py --jaxres_vs_jaxres A/twin.json B/twin.json
+    python benchmarks/twin_table.py --merge OUT/twin.json A/twin.json B/twin.json
 
 Two markdown tables, one row per twin run.  The paired one (issue 32): the seeds,
 the settings, and at the last epoch the mean of the per-seed differences jaxres -
@@ -18,8 +19,10 @@ compiling; a 1-epoch run says so).
 (issue 32: per-seed differences, their t interval and the smallest detectable bias
 D); ``benchmarks/twin.py`` writes both into twin.json.  ``--jaxres_vs_jaxres``
 pairs the jaxres sides of two runs of the same seeds (a variant against the recipe:
-another conv lowering, another init) and prints the verdict per epoch.  This module
-needs numpy and scipy only.
+another conv lowering, another init) and prints the verdict per epoch.  ``--merge``
+joins runs of the same settings and other seeds (more seeds later, until D <= 1 pt)
+into one twin.json with the statistics of all.  This module needs numpy and scipy
+only.
 """
 
 from __future__ import annotations
@@ -122,6 +125,28 @@ def jaxres_vs_jaxres(a: dict, b: dict) -> list[dict]:
                    for r in a['runs']])
 
 
+SETTINGS = ('config', 'overrides', 'epochs', 'train_subset', 'test_subset', 'eval_every',
+            'same_order', 'same_batches', 'torch_from')
+
+
+def merge(results: list[dict]) -> dict:
+    """One twin.json of the runs of ``results`` (the same ``SETTINGS``, no seed
+    twice), its agreement and paired statistic over all of them."""
+    first = results[0]
+    for other in results[1:]:
+        differ = [k for k in SETTINGS if other.get(k, 1 if k == 'eval_every' else None)
+                  != first.get(k, 1 if k == 'eval_every' else None)]
+        if differ:
+            raise ValueError(f'cannot merge runs of other settings: {", ".join(differ)} differ')
+    runs = [r for result in results for r in result['runs']]
+    seeds = [r['seed'] for r in runs]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f'cannot merge: a seed appears twice ({sorted(seeds)})')
+    return dict(first, runs=runs, agreement=agreement(runs), paired=paired(runs),
+                epochs_side_by_side=[row for result in results
+                                     for row in result.get('epochs_side_by_side', [])])
+
+
 def report_figure(config_path: str) -> str:
     """The "Expected: ..." figure of a config's docstring, e.g. '93.81%'."""
     with open(config_path, encoding='utf-8') as f:
@@ -201,6 +226,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for p in jaxres_vs_jaxres(*(load(path) for path in paths[1:])):
             print(paired_line(p, 'first - second'))
+        return 0
+    if paths[0] == '--merge':
+        if len(paths) < 4:
+            print('usage: twin_table.py --merge OUT/twin.json A/twin.json B/twin.json ...',
+                  file=sys.stderr)
+            return 2
+        merged = merge([load(path) for path in paths[2:]])
+        with open(paths[1], 'w', encoding='utf-8') as f:
+            json.dump(merged, f, indent=1)
+        for p in merged['paired']:
+            print(paired_line(p))
         return 0
     results = [load(path) for path in paths]
     print(PAIRED_HEADER)
