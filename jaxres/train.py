@@ -123,8 +123,9 @@ class TrainSetup:
         'whiten' stem its sample).  The setup's config has ``data.mean``/``std``
         resolved (from the data when empty).  ``platform`` (default: the mesh's)
         picks the backend's lowerings (``backend.choose``); 'cuda' or 'tpu' on a
-        CPU mesh is for exporting.  ``sample_images`` (the first training images)
-        stand in for an ``ImageDataset``'s when the data is streamed."""
+        CPU mesh is for exporting.  ``sample_images`` (training images spread over the
+        split, ``streaming.stem_sample``) stand in for an ``ImageDataset``'s when the data is
+        streamed."""
         images = data.train_images if isinstance(data, datasets.ImageDataset) else sample_images
         info = data.info(config.dataset) if isinstance(data, datasets.ImageDataset) else data
         config = datasets.resolve_normalization(config, info, images)
@@ -144,10 +145,11 @@ class TrainSetup:
             if images is None:
                 raise config_validation.ConfigError(
                     f'model.family={config.model.family!r} computes initial weights from the '
-                    'first training images: pass them (sample_images) or use '
+                    'training images: pass them (sample_images) or use '
                     '--config.input.kind=resident.')
-            sample = preprocess.normalize(images[:models.data_init_size(model)],
-                                          train_pp.normalization)
+            # Evenly spaced, not the first N: a class-sorted split's first N are one class.
+            picked = datasets.spread_sample(len(images), models.data_init_size(model))
+            sample = preprocess.normalize(images[picked], train_pp.normalization)
             data_params = jax.tree.map(np.asarray, model.kernels_from_data(sample))
         return cls(config=config, mesh=mesh, data_params=data_params, choices=choices,
                    model=model,

@@ -35,6 +35,17 @@ def test_end_hold_out_takes_the_last_examples_and_refuses_to_drop_a_class():
         ds.split_validation(10, 'end')
 
 
+def test_spread_sample_holds_every_class_of_a_class_sorted_split():
+    labels = np.repeat(np.arange(10), 5000)  # the prepared JPEG CIFAR-10's stored order
+    picked = datasets.spread_sample(len(labels), 5000)
+    assert len(np.unique(picked)) == 5000 and np.all(np.diff(picked) > 0)
+    np.testing.assert_array_equal(np.bincount(labels[picked]), [500] * 10)
+    np.testing.assert_array_equal(picked[:3], [0, 10, 20])
+    np.testing.assert_array_equal(datasets.spread_sample(7, 3), [0, 2, 4])
+    np.testing.assert_array_equal(datasets.spread_sample(5, 100), np.arange(5))  # all of them
+    assert datasets.spread_sample(5, 0).size == 0
+
+
 def test_class_balanced_subset_takes_the_first_examples_of_each_class_in_order():
     y = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 2, 0])  # shuffled, as the official CIFAR files
     x = np.arange(len(y), dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)

@@ -378,6 +378,18 @@ def hold_out(num_train: int, size: int, take_from: str = 'random'
     return np.setdiff1d(np.arange(num_train), held), held
 
 
+def spread_sample(num: int, count: int) -> np.ndarray:
+    """``min(count, num)`` indices spread evenly over ``range(num)``, in order.
+
+    A sample whose make-up does not depend on the stored order: the first
+    ``count`` records of a class-sorted split (an image folder prepared by
+    ``jaxres.prepare_data`` is stored class by class) would all be one class,
+    where evenly spaced ones hold every class in its share.
+    """
+    count = min(count, num)
+    return (np.arange(count, dtype=np.int64) * num) // count if count else np.arange(0)
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexedSource:
     """The records ``indices`` of a random-access ``source``, in that order."""

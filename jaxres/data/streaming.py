@@ -133,20 +133,22 @@ class HostOps:
         return out
 
 
-def first_images(source: Sequence, n: int, channels: int) -> np.ndarray:
-    """The first ``n`` records' images, decoded (uint8 NHWC; one size assumed)."""
-    images = [source[i]['image'] for i in range(min(n, len(source)))]
+def images_at(source: Sequence, indices: Sequence[int], channels: int) -> np.ndarray:
+    """The images of the records ``indices``, decoded (uint8 NHWC; one size assumed)."""
+    images = [source[int(i)]['image'] for i in indices]
     return np.stack([im if isinstance(im, np.ndarray) else host_ops.decode(im, channels)
                      for im in images])
 
 
 def stem_sample(config: ml_collections.ConfigDict, info: datasets.DataInfo, count: int
                 ) -> np.ndarray | None:
-    """The first ``count`` training images, which a model computes initial weights
-    from (airbench's whitening stem: ``models.data_init_size``); None for 0."""
+    """``count`` training images spread evenly over the split (``datasets.spread_sample``),
+    which a model computes initial weights from (airbench's whitening stem:
+    ``models.data_init_size``); None for 0."""
     if not count:
         return None
-    return first_images(datasets.open_sources(config, info)[0], count, info.channels)
+    source = datasets.open_sources(config, info)[0]
+    return images_at(source, datasets.spread_sample(len(source), count), info.channels)
 
 
 def _encode_png(image: np.ndarray) -> bytes:

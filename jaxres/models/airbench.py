@@ -4,9 +4,10 @@
 global max-pool -> linear head x head_scale``: no skip connections (each conv
 starts as an identity on its first channels, ``kernel_init='dirac'``), BN
 without a learned scale, a head without bias.  The stem's kernel is not
-learned from a random start: ``kernels_from_data`` computes it from the first
-``whiten_samples`` training images (train.py calls it at initialisation), and
-the speedrun configs freeze it.
+learned from a random start: ``kernels_from_data`` computes it from
+``whiten_samples`` training images spread evenly over the split (train.py picks
+them, ``datasets.spread_sample``, and calls it at initialisation), and the
+speedrun configs freeze it.
 """
 
 from __future__ import annotations
