@@ -17,7 +17,9 @@ Command (real CIFAR-10 JPEGs of ../shared/data; the preparation is one-off):
         --config.dataset=cifar10_jpeg --config.data_dir=/tmp/jr/tfds
 
 Expected: 90.21% test accuracy with TTA, mean of 3 seeds, each run within 28.5
-minutes (measured on 2 CPU cores, benchmarks/RESULTS.md).
+minutes (measured on 2 CPU cores, benchmarks/RESULTS.md), with the whitening
+kernel then computed from the first 5000 training images, all airplanes on the
+class-sorted prepared data; from every tenth image (375776a) not yet re-measured.
 
 Departures: 7 epochs, not 8, in float32 (airbench: fp16).  The batch runs as 4
 micro-batches of 500 (``grad_accum_steps``): BatchNorm normalises each and
