@@ -243,8 +243,11 @@ def test_prepared_folder_streams_alike_on_8_and_1_devices(tmp_path, imagenet_min
                     data_dir=imagenet_mini)
     assert r8['split'] == 'validation' and r8['num_examples'] == r1['num_examples'] == 40
     assert r8['step'] == 10  # 2 epochs of 160 // 32
+    # Only the order of the cross-device sums differs: after these 10 steps on real
+    # images the weights parted by 2e-5 (CI's CPU) and 3.4e-5 (an AMD EPYC); the same
+    # run without its flips, i.e. other batches, parts by 0.18.
     for a, b in zip(jax.tree_util.tree_leaves(s8), jax.tree_util.tree_leaves(s1)):
-        np.testing.assert_allclose(a, b, atol=2e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
     with open(tmp_path / 'eight' / 'config.json') as f:  # the data set's own statistics
         assert json.load(f)['data']['mean'] == pytest.approx(
             datasets.describe(tiny_config(**MINI, data_dir=imagenet_mini)).mean)
