@@ -17,9 +17,12 @@ Command (real CIFAR-10 JPEGs of ../shared/data; the preparation is one-off):
         --config.dataset=cifar10_jpeg --config.data_dir=/tmp/jr/tfds
 
 Expected: 90.21% test accuracy with TTA, mean of 3 seeds, each run within 28.5
-minutes (measured on 2 CPU cores, benchmarks/RESULTS.md), with the whitening
-kernel then computed from the first 5000 training images, all airplanes on the
-class-sorted prepared data; from every tenth image (375776a) not yet re-measured.
+minutes on a 2-core AMD EPYC with AVX-512 (benchmarks/RESULTS.md), measured with
+the whitening kernel then computed from the first 5000 training images (all
+airplanes on the class-sorted prepared data).  With every tenth image (375776a),
+seed 0: 90.35% in 2371 s on a 2-core AVX2-only AMD EPYC (no AVX-512: ~155
+images/s, so over 30 minutes there); airbench94_muon's own code at 8 epochs on
+the same data: 90.54% (seed 0).
 
 Departures: 7 epochs, not 8, in float32 (airbench: fp16).  The batch runs as 4
 micro-batches of 500 (``grad_accum_steps``): BatchNorm normalises each and
