@@ -1,12 +1,14 @@
 """Each seed's net in bf16: jaxres ('onednn' convs) against PyTorch's best CPU setting.
 
-    python benchmarks/bf16_nets.py [--runs 3] [--batch_size 128] [--steps 5]
-        [--configs cifar10_resnet18 cifar10_preact cifar10_resnet_b cifar10_resnet9
+    python benchmarks/bf16_nets.py [--runs 3] [--batch_size 128]
+        [--steps 10] [--configs cifar10_resnet18 cifar10_preact cifar10_resnet_b cifar10_resnet9
          cifar10_speedrun] [--f32]
 
 For every config and run, fresh processes alternate on the same machine:
 ``python -m jaxres.bench`` with ``--config.dtype=bfloat16
---config.backend.conv=onednn`` (one batch per step: ``grad_accum_steps=1``) and
+--config.backend.conv=onednn`` (one batch per step: ``grad_accum_steps=1``; SGD,
+the optimizer of the PyTorch side, whatever the config trains with: Muon's
+Newton-Schulz iterations or Adam are not the net's speed) and
 ``python benchmarks/torch_reference.py --config ... --setting=best`` (the same
 network in PyTorch, bf16 autocast with channels_last); ``--f32`` adds jaxres in
 float32 (its default lowering).  Prints every run, then per config the medians
@@ -31,7 +33,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--batch_size', type=int, default=128)
-    parser.add_argument('--steps', type=int, default=5)
+    # 10: the first few bf16 steps still grow oneDNN's per-thread buffers.
+    parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--configs', nargs='+', default=list(NETS))
     parser.add_argument('--f32', action='store_true', help='also jaxres in float32')
     args = parser.parse_args()
@@ -48,7 +51,7 @@ def main() -> int:
                 cmd = ([sys.executable, 'benchmarks/torch_reference.py', '--config', path,
                         '--setting=best', '--skip=pipeline', *size] if flags is None else
                        [sys.executable, '-m', 'jaxres.bench', '--config', path, *size,
-                        '--config.grad_accum_steps=1', *flags])
+                        '--config.grad_accum_steps=1', '--config.optimizer.name=sgd', *flags])
                 runs[name, kind].append(_json_line(cmd)['train_images_per_s'])
             print(f'run {i + 1} {name}: ' + ', '.join(
                 f'{k} {runs[name, k][-1]:.1f}' for k in kinds) + ' img/s', flush=True)

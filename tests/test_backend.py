@@ -20,6 +20,18 @@ def test_auto_picks_by_backend(platform, expected):
     assert backend.choose(tiny_config(), platform) == expected
 
 
+@pytest.mark.parametrize('has_bf16', [True, False])
+def test_auto_takes_onednn_for_bfloat16_on_a_cpu_with_bf16_instructions(monkeypatch, has_bf16):
+    from jaxres.cpu import onednn
+    monkeypatch.setattr(onednn, 'cpu_has_bf16', lambda: has_bf16)
+    config = tiny_config(dtype='bfloat16')
+    assert backend.choose(config, 'cpu').conv == ('onednn' if has_bf16 else 'winograd')
+    assert backend.choose(config, 'cuda').conv == backend.choose(config, 'tpu').conv == 'xla'
+    assert backend.choose(tiny_config(), 'cpu').conv == 'winograd'  # float32
+    config.backend.conv = 'im2col'
+    assert backend.choose(config, 'cpu').conv == 'im2col'
+
+
 def test_each_trick_can_be_forced():
     config = tiny_config(**{'backend.conv': 'im2col', 'backend.max_pool': 'xla',
                             'backend.packed_pixels': 'off'})

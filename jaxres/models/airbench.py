@@ -128,7 +128,8 @@ class Airbench(nn.Module):
         conv, _ = layers.conv_factories(self.kernel_init, 'symmetric', self.conv_impl,
                                         self.dtype)
         norm = layers.norm_factory(train, self.bn_momentum, self.bn_epsilon, 'biased',
-                                   use_scale=False, dtype=self.dtype)
+                                   use_scale=False, dtype=self.dtype,
+                                   fused=self.conv_impl == 'onednn')
         pool = tile_pool_fn(self.max_pool)
         x = WhiteningStem(self.whiten_kernel, conv, act, name='stem')(x.astype(self.dtype))
         for i, (width, size) in enumerate(zip(self.stage_widths, self.pool_sizes)):

@@ -322,7 +322,8 @@ class ResNet(nn.Module):
         if self.conv_bias:
             conv = biased_conv
         norm = layers.norm_factory(train, self.bn_momentum, self.bn_epsilon,
-                                   self.bn_running_var, self.bn_scale, self.dtype)
+                                   self.bn_running_var, self.bn_scale, self.dtype,
+                                   fused=self.conv_impl == 'onednn')
 
         x = x.astype(self.dtype)
         x = Stem(self.stem, self.stem_width, Parts(conv, biased_conv, norm, act),

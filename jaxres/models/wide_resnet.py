@@ -85,7 +85,7 @@ class WideResNet(nn.Module):
         conv, biased_conv = layers.conv_factories(self.kernel_init, 'symmetric',
                                                   self.conv_impl, self.dtype)
         norm = layers.norm_factory(train, self.bn_momentum, self.bn_epsilon, 'biased', True,
-                                   self.dtype)
+                                   self.dtype, fused=self.conv_impl == 'onednn')
         x = Stem('conv3x3', 16, Parts(conv, biased_conv, norm, act), name='stem')(
             x.astype(self.dtype))
         for i, stride in enumerate((1, 2, 2)):

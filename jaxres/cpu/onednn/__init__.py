@@ -1,12 +1,13 @@
-"""'onednn': convolutions by oneDNN's kernels, called from XLA through ``jax.ffi``.
+"""'onednn': convolutions (and BatchNorm) by oneDNN's kernels, called from XLA through ``jax.ffi``.
 
 XLA:CPU runs every bfloat16 convolution as a float32 Eigen one, and its 16-bit
 data movement is slow (``shared/specs/CPU_BF16.md``).  oneDNN has real bf16
 kernels for the forward pass and both gradients (AVX512-BF16/AMX), so this
 lowering hands each NHWC x HWIO conv to them: forward, backward-data and
 backward-weights as three FFI custom calls under a ``jax.custom_vjp``, bf16
-accumulating in f32 (float32 works too, for testing).  The C++ side is
-``conv.cc``, compiled on first use by ``build.py``.
+accumulating in f32 (float32 works too, for testing).  ``batch_norm_train``
+does the same for a training-mode BatchNorm (``jaxres/cpu/norm.py`` says why).
+The C++ side is ``kernels.cc``, compiled on first use by ``build.py``.
 
 Where oneDNN cannot be used (no compiler, no oneDNN, no bf16 instructions) the
 lowering is im2col, and the reason is logged once.
@@ -27,13 +28,15 @@ import numpy as np
 from jaxres.cpu import conv as _conv
 
 TARGETS = ('jaxres_onednn_conv_fwd', 'jaxres_onednn_conv_bwd_data',
-           'jaxres_onednn_conv_bwd_weights')
+           'jaxres_onednn_conv_bwd_weights', 'jaxres_onednn_bn_fwd', 'jaxres_onednn_bn_bwd')
 DTYPES = (jnp.bfloat16, jnp.float32)
 THREADS_ENV = 'JAXRES_ONEDNN_THREADS'
 _lib: list[ctypes.CDLL] = []
 
 
-def _cpu_has_bf16() -> bool:
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16)."""
     try:
         with open('/proc/cpuinfo') as f:
             return any('avx512_bf16' in line or 'amx_bf16' in line
@@ -45,7 +48,7 @@ def _cpu_has_bf16() -> bool:
 @functools.cache
 def _load() -> str | None:
     """Builds, loads and registers the FFI targets; None on success, else why not."""
-    if not _cpu_has_bf16():
+    if not cpu_has_bf16():
         return 'this CPU has no bfloat16 instructions (avx512_bf16 / amx_bf16)'
     from jaxres.cpu.onednn import build
     try:
@@ -63,17 +66,21 @@ def _load() -> str | None:
     for name, capsule in zip(TARGETS, capsules):
         jax.ffi.register_ffi_target(name, capsule, platform='cpu')
     _lib.append(lib)
-    set_threads(int(os.environ.get(THREADS_ENV, 1)))
+    set_threads(int(os.environ.get(THREADS_ENV) or len(os.sched_getaffinity(0))))
     return None
 
 
 def set_threads(n: int) -> None:
-    """OpenMP threads per conv (``$JAXRES_ONEDNN_THREADS``, default 1).
+    """OpenMP threads per conv (``$JAXRES_ONEDNN_THREADS``; default: the cores
+    this process may use, as XLA's own pool).
 
-    With 1, XLA's own thread pool runs independent convs side by side (a
-    layer's two gradients, a block's shortcut) and no OpenMP team waits at a
-    barrier for a core that XLA or another process holds; with more, one conv
-    at a time uses n threads.  ``conv.cc`` says how.
+    With n > 1 one conv at a time runs on n threads: a ResNet's convs mostly
+    wait on each other, so on a quiet machine this is the fast setting (2-core
+    Xeon with AMX, ResNet-18 bf16 step: 0.75 s at 2 threads, 1.09 s at 1;
+    ``benchmarks/RESULTS.md``).  With 1, XLA's pool runs independent convs side
+    by side (a layer's two gradients) and no OpenMP team waits at a barrier for
+    a core that another process holds: the setting for a loaded machine.
+    ``kernels.cc`` says how.
     """
     if _lib:
         _lib[0].jaxres_onednn_set_threads(ctypes.c_int(n))
@@ -164,3 +171,31 @@ def _onednn_conv_bwd(strides, pads, res, g):
 
 
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(y, batch mean, biased batch variance) of an NHWC ``x`` (bf16 or f32) by
+    oneDNN's batch normalization; f32 ``scale``, ``bias`` and statistics.  The
+    statistics' own cotangents are not used (``norm.batch_norm_train`` stops them)."""
+    return _batch_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+    c = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
+    y, mean, var = jax.ffi.ffi_call(TARGETS[3], (jax.ShapeDtypeStruct(x.shape, x.dtype), c, c))(
+        x, scale, bias, epsilon=np.float32(epsilon))
+    return (y, mean, var), (x, mean, var, scale)
+
+
+def _batch_norm_bwd(epsilon, res, cotangents):
+    x, mean, var, scale = res
+    c = jax.ShapeDtypeStruct((x.shape[-1],), jnp.float32)
+    dx, dscale, dbias = jax.ffi.ffi_call(
+        TARGETS[4], (jax.ShapeDtypeStruct(x.shape, x.dtype), c, c))(
+        x, cotangents[0].astype(x.dtype), mean, var, scale, epsilon=np.float32(epsilon))
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)

@@ -1,4 +1,4 @@
-"""Compiles ``conv.cc`` against oneDNN and jaxlib's FFI headers, once per version.
+"""Compiles ``kernels.cc`` against oneDNN and jaxlib's FFI headers, once per version.
 
 oneDNN comes from PyPI: ``pip install onednn-cpu-gomp==2023.2.0
 onednn-devel-cpu-gomp==2023.2.0`` (the ``onednn`` extra), whose CPU runtime is
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name('conv.cc')
+SOURCE = Path(__file__).with_name('kernels.cc')
 PREFIXES = (Path(sys.prefix), Path('/usr'), Path('/usr/local'))
 
 
