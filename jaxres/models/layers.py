@@ -114,7 +114,7 @@ class Conv(nn.Module):
     kernel_size: tuple[int, int]
     strides: Any = (1, 1)
     padding: Any = 'SAME'
-    use_bias: bool = True
+    use_bias: bool = True  # always: nn.Conv's keyword, so that both take one call
     kernel_init: Callable[..., Any] = KERNEL_INITS['pytorch']
     bias_init: Callable[..., Any] = nn.initializers.zeros
     dtype: Any = jnp.float32

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -337,29 +338,38 @@ ffi::Error BnCheck(ffi::AnyBuffer x, std::initializer_list<ffi::AnyBuffer> same,
   return ffi::Error::Success();
 }
 
-ffi::Error BatchNormForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
-                            ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
-                            ffi::Result<ffi::AnyBuffer> var, float epsilon) {
-  if (auto e = BnCheck(x, {*y}, {scale, shift, *mean, *var}); e.failure()) return e;
+// Runs the forward (or backward) primitive for `x`'s shape with the arguments
+// `args(b, m)` names, `m(desc, pointer)` wrapping a buffer, plus a scratchpad.
+template <typename Args>
+ffi::Error RunBatchNorm(ffi::AnyBuffer x, float epsilon, bool forward, Args args) {
   try {
     BatchNorm& b = GetBatchNorm(DnnlType(x.element_type()), BnDims(x.dimensions()), epsilon);
+    auto m = [](const memory::desc& d, void* p) { return memory(d, Engine(), p); };
+    std::unordered_map<int, memory> all = args(b, m);
+    const memory::desc& pad = forward ? b.scratch_fwd : b.scratch_bwd;
     Turn turn;
     thread_local Buffer scratch;
-    auto& eng = Engine();
-    auto m = [&](const memory::desc& d, void* p) { return memory(d, eng, p); };
-    b.fwd.execute(Stream(), {{DNNL_ARG_SRC, m(b.data, x.untyped_data())},
-                             {DNNL_ARG_DST, m(b.data, y->untyped_data())},
-                             {DNNL_ARG_SCALE, m(b.stat, scale.untyped_data())},
-                             {DNNL_ARG_SHIFT, m(b.stat, shift.untyped_data())},
-                             {DNNL_ARG_MEAN, m(b.stat, mean->untyped_data())},
-                             {DNNL_ARG_VARIANCE, m(b.stat, var->untyped_data())},
-                             {DNNL_ARG_SCRATCHPAD,
-                              m(b.scratch_fwd, scratch.Get(b.scratch_fwd.get_size()))}});
+    all.emplace(DNNL_ARG_SCRATCHPAD, m(pad, scratch.Get(pad.get_size())));
+    (forward ? b.fwd : b.bwd).execute(Stream(), all);
     Stream().wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn batch norm: ") + e.what());
   }
   return ffi::Error::Success();
+}
+
+ffi::Error BatchNormForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                            ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                            ffi::Result<ffi::AnyBuffer> var, float epsilon) {
+  if (auto e = BnCheck(x, {*y}, {scale, shift, *mean, *var}); e.failure()) return e;
+  return RunBatchNorm(x, epsilon, true, [&](BatchNorm& b, auto m) {
+    return std::unordered_map<int, memory>{
+        {DNNL_ARG_SRC, m(b.data, x.untyped_data())}, {DNNL_ARG_DST, m(b.data, y->untyped_data())},
+        {DNNL_ARG_SCALE, m(b.stat, scale.untyped_data())},
+        {DNNL_ARG_SHIFT, m(b.stat, shift.untyped_data())},
+        {DNNL_ARG_MEAN, m(b.stat, mean->untyped_data())},
+        {DNNL_ARG_VARIANCE, m(b.stat, var->untyped_data())}};
+  });
 }
 
 ffi::Error BatchNormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer mean,
@@ -368,27 +378,17 @@ ffi::Error BatchNormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer
                              ffi::Result<ffi::AnyBuffer> dshift, float epsilon) {
   if (auto e = BnCheck(x, {dy, *dx}, {mean, var, scale, *dscale, *dshift}); e.failure())
     return e;
-  try {
-    BatchNorm& b = GetBatchNorm(DnnlType(x.element_type()), BnDims(x.dimensions()), epsilon);
-    Turn turn;
-    thread_local Buffer scratch;
-    auto& eng = Engine();
-    auto m = [&](const memory::desc& d, void* p) { return memory(d, eng, p); };
-    b.bwd.execute(Stream(), {{DNNL_ARG_SRC, m(b.data, x.untyped_data())},
-                             {DNNL_ARG_DIFF_DST, m(b.data, dy.untyped_data())},
-                             {DNNL_ARG_MEAN, m(b.stat, mean.untyped_data())},
-                             {DNNL_ARG_VARIANCE, m(b.stat, var.untyped_data())},
-                             {DNNL_ARG_SCALE, m(b.stat, scale.untyped_data())},
-                             {DNNL_ARG_DIFF_SRC, m(b.data, dx->untyped_data())},
-                             {DNNL_ARG_DIFF_SCALE, m(b.stat, dscale->untyped_data())},
-                             {DNNL_ARG_DIFF_SHIFT, m(b.stat, dshift->untyped_data())},
-                             {DNNL_ARG_SCRATCHPAD,
-                              m(b.scratch_bwd, scratch.Get(b.scratch_bwd.get_size()))}});
-    Stream().wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("onednn batch norm: ") + e.what());
-  }
-  return ffi::Error::Success();
+  return RunBatchNorm(x, epsilon, false, [&](BatchNorm& b, auto m) {
+    return std::unordered_map<int, memory>{
+        {DNNL_ARG_SRC, m(b.data, x.untyped_data())},
+        {DNNL_ARG_DIFF_DST, m(b.data, dy.untyped_data())},
+        {DNNL_ARG_MEAN, m(b.stat, mean.untyped_data())},
+        {DNNL_ARG_VARIANCE, m(b.stat, var.untyped_data())},
+        {DNNL_ARG_SCALE, m(b.stat, scale.untyped_data())},
+        {DNNL_ARG_DIFF_SRC, m(b.data, dx->untyped_data())},
+        {DNNL_ARG_DIFF_SCALE, m(b.stat, dscale->untyped_data())},
+        {DNNL_ARG_DIFF_SHIFT, m(b.stat, dshift->untyped_data())}};
+  });
 }
 
 }  // namespace
@@ -412,27 +412,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxres_onednn_conv_bwd_weights, BackwardWeights,
                               JAXRES_CONV_BINDING);
 
 // bn(x: NHWC, scale, shift) -> y: NHWC, mean, var
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxres_onednn_bn_fwd, BatchNormForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    jaxres_onednn_bn_fwd, BatchNormForward,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+        .Attr<float>("epsilon"));
 // bn'(x, dy, mean, var, scale) -> dx, dscale, dshift
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxres_onednn_bn_bwd, BatchNormBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    jaxres_onednn_bn_bwd, BatchNormBackward,
+    ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+        .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+        .Attr<float>("epsilon"));
 
 extern "C" void jaxres_onednn_set_threads(int n) { threads = n > 0 ? n : 1; }
 
