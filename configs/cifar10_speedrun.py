@@ -24,8 +24,11 @@ seed 0: 90.35% in 2371 s on a 2-core AVX2-only AMD EPYC (no AVX-512: ~155
 images/s, so over 30 minutes there); airbench94_muon's own code at 8 epochs on
 the same data: 90.54% (seed 0).  In bfloat16 on a CPU with bf16 instructions
 (``--config.dtype=bfloat16``: oneDNN's convs and BatchNorm), 2-core Intel Xeon
-with AMX: 90.48% in 328 s (seed 0) and 90.25% in 349 s (seed 1), against
-90.24% in 1471 s in float32 (seed 0) on the same machine.
+with AMX: 90.48% in 328 s (seed 0), 90.25% in 349 s (seed 1), 90.32% in 333 s
+(seed 2), mean 90.35%, against 90.24% in 1471 s in float32 (seed 0) on the same
+machine.  There airbench94_muon's own code (bf16 autocast) gives R(8) = 90.74%
+and R(7) = 90.54% (2 seeds each); ``cifar10_speedrun_bf16`` (its 8 epochs and
+batching) reaches 90.67%, mean of 3 seeds, 8 min a run (issue 35).
 
 Departures: 7 epochs, not 8, in float32 (airbench: fp16).  The batch runs as 4
 micro-batches of 500 (``grad_accum_steps``): BatchNorm normalises each and
