@@ -59,7 +59,23 @@ def launch(workdir: str, devices: int = 1, input_kind: str = 'resident') -> subp
     return subprocess.Popen([sys.executable, 'launch.py', *OVERRIDES, *INPUTS[input_kind],
                              '--workdir', workdir],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: see kill()
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILLs the trainer alone, then ends what it leaves behind in its process group.
+
+    grain's worker processes outlive a SIGKILLed trainer (blocked on their queues, parent
+    1); SIGTERM ends them, after which multiprocessing's resource tracker (which ignores
+    SIGTERM) sees its last reader go, frees their shared memory and exits.
+    """
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # nothing was left
+        pass
 
 
 def logged_step(workdir: str, offset: int) -> int:
@@ -136,8 +152,7 @@ def run_faults(base: str, kills: int = 5, seed: int = 0, input_kind: str = 'resi
         else:
             time.sleep(float(rng.uniform(0, 0.3)))
         step = logged_step(faulty, offset)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill(proc)
         ckpts = sorted(int(n) for n in os.listdir(os.path.join(faulty, 'checkpoints'))
                        if n.isdigit()) if os.path.isdir(os.path.join(faulty, 'checkpoints')) else []
         rows.append({'fault': kind, 'at_step': step,
