@@ -97,6 +97,9 @@ def test_paired_row_gives_the_last_epochs_interval_d_and_verdict():
     assert p['detectable'] < 0.01
     result['runs'][0]['jaxres']['test_accuracy'][1] = 0.6  # one seed 10 pt off: D > 1 pt
     assert twin_table.paired_row(result).endswith('| none detected, D > 1 pt |')
+    for r in result['runs']:  # evaluated on a hold-out of the train split: named so
+        r['eval_split'] = 'validation'
+    assert '4,000 train / 2,000 held-out (validation) images' in twin_table.paired_row(result)
     for r in result['runs']:
         r['jaxres']['test_accuracy'][1] += 0.03
     assert twin_table.paired_row(result).endswith('| **bias detected** |')
@@ -143,3 +146,11 @@ def test_merge_joins_seeds_of_the_same_settings(tmp_path):
         twin_table.merge([a, a])
     with pytest.raises(ValueError, match='test_subset differ'):
         twin_table.merge([a, dict(b, test_subset=2000)])
+
+
+def test_a_missing_twin_json_gets_one_message(capsys, tmp_path):
+    assert twin_table.main([str(tmp_path / 'none.json')]) == 2
+    err = capsys.readouterr().err
+    assert 'none.json' in err and 'give twin.json files written by benchmarks/twin.py' in err
+    assert 'Traceback' not in err
+    assert twin_table.main(['--help']) == 0 and 'OUT/twin.json' in capsys.readouterr().err

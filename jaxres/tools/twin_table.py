@@ -175,8 +175,10 @@ def settings_text(result: dict, runs: list[dict]) -> str:
                  else 'seeds ' + ', '.join(map(str, seeds)))
     batches = ('same batches' if result.get('same_batches') else
                'same order' if result.get('same_order') else 'own batches')
+    split = runs[0].get('eval_split', 'test')  # twin.json files before it was recorded: test
+    evaluated = 'held-out (validation)' if split == 'validation' else split
     return (f'{result["epochs"]} epoch{"s" * (result["epochs"] > 1)}, '
-            f'{runs[0]["num_train"]:,} train / {runs[0]["num_eval"]:,} test images, '
+            f'{runs[0]["num_train"]:,} train / {runs[0]["num_eval"]:,} {evaluated} images, '
             f'{seed_text}, {batches}' + (f'; {", ".join(settings)}' if settings else ''))
 
 
@@ -216,9 +218,19 @@ def row(result: dict, root: str = ROOT) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     paths = sys.argv[1:] if argv is None else argv
-    if not paths:
+    if not paths or paths[0] in ('-h', '--help'):
         print(__doc__.strip().split('\n\n')[1], file=sys.stderr)
+        return 0 if paths else 2
+    try:
+        return _tables(paths)
+    except (OSError, ValueError) as e:  # a missing or unreadable twin.json
+        print(f'twin_table.py: {e}: give twin.json files written by benchmarks/twin.py',
+              file=sys.stderr)
         return 2
+
+
+def _tables(paths: list[str]) -> int:
+    """``main`` after its usage check: the tables, the jaxres pairing or the merge."""
     if paths[0] == '--jaxres_vs_jaxres':
         if len(paths) != 3:
             print('usage: twin_table.py --jaxres_vs_jaxres A/twin.json B/twin.json',
