@@ -223,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if paths else 2
     try:
         return _tables(paths)
-    except (OSError, ValueError) as e:  # a missing or unreadable twin.json
-        print(f'twin_table.py: {e}: give twin.json files written by benchmarks/twin.py',
-              file=sys.stderr)
+    except ValueError as e:  # an unreadable twin.json, or runs that cannot be joined
+        print(f'twin_table.py: {e}', file=sys.stderr)
         return 2
 
 
@@ -262,8 +261,13 @@ def _tables(paths: list[str]) -> int:
 
 
 def load(path: str) -> dict:
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    """One twin.json; ValueError naming the file when it cannot be read."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f'cannot read {path} ({e}): give twin.json files written by '
+                         'benchmarks/twin.py') from None
 
 
 if __name__ == '__main__':
